@@ -1,0 +1,1 @@
+"""HTTP layer: one small module per API dialect, plus the system routes."""

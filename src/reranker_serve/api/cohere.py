@@ -1,0 +1,179 @@
+"""Cohere's rerank API: `POST /v1/rerank` and `POST /v2/rerank` (schemas of the cohere-python SDK).
+
+v1: documents are strings or objects (`{"text": ...}` plus any other keys; `rank_fields` picks the
+    fields to rank on), `return_documents` defaults to false, `max_chunks_per_doc` is accepted.
+    Jina-shaped callers (Dify, RAGFlow) also post to /v1/rerank, so the reply carries Jina's
+    `usage.total_tokens` beside Cohere's `meta`.
+v2: documents are strings; `max_tokens_per_doc` truncates each document; results carry only
+    `index` and `relevance_score` (a document too when an older client asks with return_documents).
+
+Errors are `{"message": "..."}`; Cohere answers a bad request with 400 (not 422), and so do we.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from typing import Any, Sequence
+
+from fastapi import APIRouter, Response, Security
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import ErrorKind, RerankError
+from ..service import RerankQuery, RerankResult
+from .common import (
+    Usage, bearer_scheme, dialect_route, document_texts, error_responses, timing_headers,
+)
+from .deps import RerankerDep
+
+__all__ = ["router"]
+
+Document = str | dict[str, Any]
+
+
+# -- requests --------------------------------------------------------------------------------------
+class _CohereRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = Field(None, description="Accepted for compatibility; the served model answers.")
+    query: str = Field(examples=["What is the capital of the United States?"])
+    documents: list[Document] = Field(description="Strings, or objects with a `text` field (see rank_fields).")
+    top_n: int | None = Field(None, description="Return the best N; null, 0 or more than the documents: all.")
+    rank_fields: list[str] | None = Field(None, description="Object fields to rank on (default: `text`).")
+    return_documents: bool = Field(False, description="Include each document in the results.")
+
+    def _query(self, **extra: Any) -> RerankQuery:
+        return RerankQuery(
+            query=self.query,
+            documents=document_texts(self.documents, self.rank_fields),
+            top_n=self.top_n,
+            return_documents=False,  # the reply returns the client's own document objects
+            model=self.model,
+            **extra,
+        )
+
+    def returned_document(self, index: int) -> dict[str, Any] | None:
+        if not self.return_documents:
+            return None
+        doc = self.documents[index]
+        return {"text": doc} if isinstance(doc, str) else doc
+
+
+class CohereV1RerankRequest(_CohereRequest):
+    max_chunks_per_doc: int | None = Field(None, ge=1, description="Accepted; long documents are truncated.")
+
+    def to_query(self) -> RerankQuery:
+        return self._query()
+
+
+class CohereV2RerankRequest(_CohereRequest):
+    max_tokens_per_doc: int | None = Field(None, description="Truncate each document to this many tokens.")
+
+    def to_query(self) -> RerankQuery:
+        return self._query(max_tokens_per_doc=self.max_tokens_per_doc)
+
+
+# -- replies ---------------------------------------------------------------------------------------
+class ApiVersion(BaseModel):
+    version: str
+    is_experimental: bool | None = None
+
+
+class BilledUnits(BaseModel):
+    search_units: int = Field(description="One per 100 documents (Cohere's billing unit).")
+
+
+class ApiMeta(BaseModel):
+    api_version: ApiVersion
+    billed_units: BilledUnits
+
+
+class CohereResult(BaseModel):
+    index: int
+    relevance_score: float
+    document: dict[str, Any] | None = Field(None, description="Present when return_documents is true.")
+
+
+class CohereRerankResponse(BaseModel):
+    id: str
+    results: list[CohereResult] = Field(description="Best first.")
+    meta: ApiMeta
+
+    @classmethod
+    def _build(cls, request: _CohereRequest, result: RerankResult, version: ApiVersion, **extra: Any) -> Any:
+        return cls(
+            id=str(uuid.uuid4()),
+            results=[
+                CohereResult(index=r.index, relevance_score=r.score, document=request.returned_document(r.index))
+                for r in result.results
+            ],
+            meta=ApiMeta(
+                api_version=version,
+                billed_units=BilledUnits(search_units=math.ceil(len(request.documents) / 100)),
+            ),
+            **extra,
+        )
+
+
+class CohereV1RerankResponse(CohereRerankResponse):
+    usage: Usage = Field(description="Jina's token count, for Jina-shaped clients of /v1/rerank.")
+
+    @classmethod
+    def from_result(cls, request: CohereV1RerankRequest, result: RerankResult) -> CohereV1RerankResponse:
+        return cls._build(
+            request, result, ApiVersion(version="1"), usage=Usage(total_tokens=result.total_tokens)
+        )
+
+
+class CohereV2RerankResponse(CohereRerankResponse):
+    @classmethod
+    def from_result(cls, request: CohereV2RerankRequest, result: RerankResult) -> CohereV2RerankResponse:
+        return cls._build(request, result, ApiVersion(version="2", is_experimental=False))
+
+
+# -- errors ----------------------------------------------------------------------------------------
+class CohereErrorResponse(BaseModel):
+    message: str
+
+
+_BAD_REQUEST = {ErrorKind.VALIDATION, ErrorKind.PAYLOAD_TOO_LARGE}
+
+
+def render_error(exc: RerankError) -> Response:
+    if exc.kind in _BAD_REQUEST:
+        status, message = 400, f"invalid request: {exc.message}"
+    else:
+        status, message = exc.kind.status, exc.message
+    return JSONResponse(CohereErrorResponse(message=message).model_dump(), status_code=status, headers=exc.headers)
+
+
+# -- routes ----------------------------------------------------------------------------------------
+router = APIRouter(route_class=dialect_route(render_error), tags=["Cohere"], dependencies=[Security(bearer_scheme)])
+_ERRORS: Sequence[int] = (400, 401, 429, 500, 503, 504)
+
+
+@router.post(
+    "/v1/rerank",
+    response_model=CohereV1RerankResponse,
+    response_model_exclude_none=True,
+    responses=error_responses(CohereErrorResponse, statuses=_ERRORS),
+    summary="Rerank documents (Cohere v1; also Jina-shaped clients)",
+)
+async def rerank_v1(body: CohereV1RerankRequest, reranker: RerankerDep, response: Response) -> CohereV1RerankResponse:
+    result = await reranker.rerank(body.to_query())
+    response.headers.update(timing_headers(result))
+    return CohereV1RerankResponse.from_result(body, result)
+
+
+@router.post(
+    "/v2/rerank",
+    response_model=CohereV2RerankResponse,
+    response_model_exclude_none=True,
+    responses=error_responses(CohereErrorResponse, statuses=_ERRORS),
+    summary="Rerank documents (Cohere v2)",
+)
+async def rerank_v2(body: CohereV2RerankRequest, reranker: RerankerDep, response: Response) -> CohereV2RerankResponse:
+    result = await reranker.rerank(body.to_query())
+    response.headers.update(timing_headers(result))
+    return CohereV2RerankResponse.from_result(body, result)

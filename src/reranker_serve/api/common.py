@@ -1,0 +1,183 @@
+"""What every dialect route shares: the route class that renders errors in the dialect's shape,
+checks the API key before anything else, and drops the work of clients that hang up.
+
+Order of checks on every rerank route (fixed, so each dialect fails the same way):
+    API key → JSON body → body schema → service validation (see service.py) → scoring
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from http import HTTPStatus
+from typing import Any, Awaitable, Callable, Sequence
+
+from fastapi import HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
+from loguru import logger
+from pydantic import BaseModel, Field
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPBearer
+
+from ..errors import ErrorKind, RerankError
+from ..service import RerankResult
+
+__all__ = [
+    "ErrorRenderer", "TextDocument", "Usage", "bearer_scheme", "describe_validation", "dialect_route",
+    "document_texts", "error_responses", "timing_headers",
+]
+
+ErrorRenderer = Callable[[RerankError], Response]
+
+# Declared on the routes so /docs shows the lock; the check itself runs in the route class,
+# before the body is parsed, so a request without a key never learns about body errors.
+bearer_scheme = HTTPBearer(auto_error=False, description="Needed when RERANKER_API_KEY is set.")
+
+
+def _location(loc: Sequence[Any]) -> str:
+    parts = [p for p in loc if p != "body"]
+    text = ""
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif part.startswith(("function-after", "function-before", "function-wrap")) or part in (
+            "str", "int", "bool", "list[str]", "native", "tei", "tagged-union",
+        ):
+            continue  # pydantic's union/validator branch labels mean nothing to a client
+        else:
+            text += f".{part}" if text else part
+    return text or "body"
+
+
+def describe_validation(errors: Sequence[dict[str, Any]]) -> str:
+    """Turn pydantic/FastAPI errors into one readable sentence, e.g.
+    ``documents[2]: Input should be a valid string``."""
+    if not errors:
+        return "invalid request body"
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        detail = (first.get("ctx") or {}).get("error", "")
+        return f"the request body is not valid JSON{': ' + str(detail) if detail else ''}"
+    seen: list[str] = []
+    for err in errors:
+        loc = _location(err.get("loc", ()))
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        if err.get("type") == "missing":
+            line = f"{loc}: field required"
+        elif loc == "body":
+            line = f"the request body must be a JSON object ({msg})"
+        else:
+            line = f"{loc}: {msg}"
+        if line not in seen:
+            seen.append(line)
+    more = f" (and {len(seen) - 3} more)" if len(seen) > 3 else ""
+    return "; ".join(seen[:3]) + more
+
+
+def _check_api_key(request: Request) -> None:
+    expected = request.app.state.settings.api_key
+    if not expected:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if not header:
+        raise RerankError(ErrorKind.UNAUTHORIZED, "missing API key: send the header 'Authorization: Bearer <key>'")
+    # compare_digest: the time taken must not reveal how much of the key was right.
+    if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), expected.encode()):
+        raise RerankError(ErrorKind.UNAUTHORIZED, "invalid API key")
+
+
+async def _until_disconnect(request: Request) -> None:
+    # The body is already read, so the next ASGI message can only be the disconnect.
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _cancel_on_disconnect(request: Request, work: Awaitable[Response]) -> Response:
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_until_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        # The client hung up: cancelling the handler drops its queued pairs (batcher.submit).
+        task.cancel()
+        return Response(status_code=499)
+    return task.result()
+
+
+def dialect_route(render: ErrorRenderer) -> type[APIRoute]:
+    """A route class whose errors, all of them, come out in one dialect's shape."""
+
+    class DialectRoute(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+            handler = super().get_route_handler()
+
+            async def route(request: Request) -> Response:
+                started = time.perf_counter()
+                try:
+                    _check_api_key(request)
+                    await request.body()  # read now, so only the disconnect is left to receive
+                    response = await _cancel_on_disconnect(request, handler(request))
+                except RerankError as exc:
+                    response = render(exc)
+                except RequestValidationError as exc:
+                    response = render(RerankError(ErrorKind.VALIDATION, describe_validation(exc.errors())))
+                except HTTPException as exc:  # FastAPI's own body errors (e.g. unreadable form data)
+                    response = render(RerankError(ErrorKind.VALIDATION, str(exc.detail)))
+                except Exception as exc:  # a bug of ours: still a reply in the client's shape
+                    logger.opt(exception=exc).error("unhandled error on {}", request.url.path)
+                    response = render(RerankError(ErrorKind.INTERNAL, f"internal error ({type(exc).__name__})"))
+                response.headers["X-Total-Time"] = f"{(time.perf_counter() - started) * 1000:.2f}"
+                return response
+
+            return route
+
+    return DialectRoute
+
+
+def timing_headers(result: RerankResult) -> dict[str, str]:
+    """TEI's timing headers, in milliseconds (X-Total-Time is added by the route class)."""
+    return {
+        "X-Queue-Time": f"{result.queue_time * 1000:.2f}",
+        "X-Inference-Time": f"{result.inference_time * 1000:.2f}",
+        "X-Compute-Tokens": str(result.total_tokens),
+    }
+
+
+# -- pieces of the wire formats that several dialects share -------------------------------------
+class Usage(BaseModel):
+    total_tokens: int = Field(description="Tokens fed to the model for this request, special tokens included.")
+
+
+class TextDocument(BaseModel):
+    text: str
+
+
+def document_texts(documents: Sequence[str | dict[str, Any]], rank_fields: Sequence[str] | None = None) -> list[str]:
+    """The text to rank for each document: a string as is; an object's `text`, or with
+    `rank_fields` the named fields (one field: its value; several: `field: value` lines)."""
+    fields = list(rank_fields) if rank_fields else ["text"]
+    texts = []
+    for i, doc in enumerate(documents):
+        if isinstance(doc, str):
+            texts.append(doc)
+            continue
+        missing = [f for f in fields if f not in doc]
+        if missing:
+            named = ", ".join(repr(f) for f in missing)
+            hint = "" if rank_fields else "; name the fields to rank on in rank_fields"
+            raise RerankError(ErrorKind.VALIDATION, f"documents[{i}] has no field {named}{hint}")
+        values = [v if isinstance(v, str) else json.dumps(v, ensure_ascii=False) for v in (doc[f] for f in fields)]
+        texts.append(values[0] if len(fields) == 1 else "\n".join(f"{f}: {v}" for f, v in zip(fields, values)))
+    return texts
+
+
+def error_responses(model: type[BaseModel], *, statuses: Sequence[int]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for a route: every error status it can answer, in its dialect's shape."""
+    return {status: {"model": model, "description": HTTPStatus(status).phrase} for status in statuses}

@@ -1,0 +1,167 @@
+"""`POST /rerank`: the native dialect, and Hugging Face TEI's dialect on the same path.
+
+A body with `texts` is a TEI request (TEI semantics: `return_text`, `raw_scores`, `truncate`,
+`truncation_direction`; the reply is a bare array of `{index, score, text?}`); any other body is
+a native request (`documents`; the reply is `{model, results, usage}`).
+
+Errors on this path use TEI's shape, `{"error": "...", "error_type": "Validation"}`, for both:
+a body that is not even JSON cannot tell us which of the two the client meant.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, Response, Security
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
+
+from ..errors import ErrorKind, RerankError
+from ..service import RerankQuery, RerankResult
+from .common import TextDocument, Usage, bearer_scheme, dialect_route, error_responses, timing_headers
+from .deps import RerankerDep
+
+__all__ = ["router"]
+
+
+# -- native --------------------------------------------------------------------------------------
+class NativeRerankRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = Field(None, description="Accepted for compatibility; the served model answers.")
+    query: str = Field(description="The search query.", examples=["What is the capital of France?"])
+    documents: list[str] = Field(description="Candidate documents, as plain strings.")
+    top_n: int | None = Field(None, description="Return the best N; null, 0 or more than the documents: all.")
+    return_documents: bool = Field(False, description="Include each document's text in the results.")
+    raw_scores: bool = Field(False, description="Return raw logits instead of sigmoid-normalised scores.")
+
+    def to_query(self) -> RerankQuery:
+        return RerankQuery(
+            query=self.query,
+            documents=self.documents,
+            top_n=self.top_n,
+            return_documents=self.return_documents,
+            raw_scores=self.raw_scores,
+            model=self.model,
+        )
+
+    def reply(self, result: RerankResult) -> NativeRerankResponse:
+        return NativeRerankResponse.from_result(result)
+
+
+class NativeResult(BaseModel):
+    index: int = Field(description="Position of the document in the request.")
+    relevance_score: float
+    document: TextDocument | None = Field(None, description="Present when return_documents is true.")
+
+
+class NativeRerankResponse(BaseModel):
+    model: str
+    results: list[NativeResult] = Field(description="Best first.")
+    usage: Usage
+
+    @classmethod
+    def from_result(cls, result: RerankResult) -> NativeRerankResponse:
+        return cls(
+            model=result.model,
+            results=[
+                NativeResult(
+                    index=r.index,
+                    relevance_score=r.score,
+                    document=TextDocument(text=r.document) if r.document is not None else None,
+                )
+                for r in result.results
+            ],
+            usage=Usage(total_tokens=result.total_tokens),
+        )
+
+
+# -- TEI -------------------------------------------------------------------------------------------
+class TEIRerankRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    query: str = Field(examples=["What is Deep Learning?"])
+    texts: list[str] = Field(examples=[["Deep Learning is not...", "Deep learning is..."]])
+    truncate: bool | None = Field(None, description="Cut over-long inputs (null: the server default, true).")
+    truncation_direction: Literal["right", "left"] = "right"
+    raw_scores: bool = False
+    return_text: bool = False
+
+    @field_validator("truncation_direction", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        # TEI's enum is `Left`/`Right`; newer TEI also takes the lowercase names.
+        return value.lower() if isinstance(value, str) else value
+
+    def to_query(self) -> RerankQuery:
+        return RerankQuery(
+            query=self.query,
+            documents=self.texts,
+            return_documents=self.return_text,
+            raw_scores=self.raw_scores,
+            truncate=self.truncate is not False,
+            truncation_direction=self.truncation_direction,
+        )
+
+    def reply(self, result: RerankResult) -> list[TEIRank]:
+        return [TEIRank(index=r.index, text=r.document, score=r.score) for r in result.results]
+
+
+class TEIRank(BaseModel):
+    index: int
+    text: str | None = Field(None, description="Present when return_text is true.")
+    score: float
+
+
+# -- errors ----------------------------------------------------------------------------------------
+class TEIErrorResponse(BaseModel):
+    error: str
+    error_type: str = Field(examples=["Validation"])
+
+
+# TEI's ErrorType names for our kinds (its serde writes the variant names as they are).
+_TEI_ERROR_TYPE = {
+    ErrorKind.VALIDATION: "Validation",
+    ErrorKind.PAYLOAD_TOO_LARGE: "Validation",
+    ErrorKind.UNAUTHORIZED: "Unauthorized",
+    ErrorKind.MODEL_NOT_FOUND: "Validation",
+    ErrorKind.OVERLOADED: "Overloaded",
+    ErrorKind.NOT_READY: "Unhealthy",
+    ErrorKind.BACKEND: "Backend",
+    ErrorKind.TIMEOUT: "Overloaded",
+    ErrorKind.INTERNAL: "Backend",
+}
+
+
+def render_error(exc: RerankError) -> Response:
+    body = TEIErrorResponse(error=exc.message, error_type=_TEI_ERROR_TYPE[exc.kind])
+    return JSONResponse(body.model_dump(), status_code=exc.kind.status, headers=exc.headers)
+
+
+# -- route -----------------------------------------------------------------------------------------
+def _dialect_of(body: Any) -> str:
+    return "tei" if isinstance(body, dict) and "texts" in body and "documents" not in body else "native"
+
+
+RerankBody = Annotated[
+    Annotated[NativeRerankRequest, Tag("native")] | Annotated[TEIRerankRequest, Tag("tei")],
+    Discriminator(_dialect_of),
+]
+
+router = APIRouter(route_class=dialect_route(render_error), tags=["native / TEI"])
+
+
+@router.post(
+    "/rerank",
+    response_model=NativeRerankResponse | list[TEIRank],
+    response_model_exclude_none=True,
+    responses=error_responses(TEIErrorResponse, statuses=(401, 413, 422, 429, 500, 503, 504)),
+    dependencies=[Security(bearer_scheme)],
+    summary="Rerank documents (native shape, or TEI's when the body has `texts`)",
+)
+async def rerank(
+    body: Annotated[RerankBody, Body()], reranker: RerankerDep, response: Response
+) -> NativeRerankResponse | list[TEIRank]:
+    result = await reranker.rerank(body.to_query())
+    response.headers.update(timing_headers(result))
+    return body.reply(result)

@@ -1,0 +1,76 @@
+"""The app factory. The lifespan builds the engine; routes reach it through ``app.state``.
+
+The model loads in the background after the server starts listening, so `/health` answers at
+once and `/ready` turns 200 only when the model is loaded and warmed (orchestrators and
+daemon.sh wait on it); rerank routes answer 503 with Retry-After until then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager
+from typing import AsyncIterator, Callable
+
+import anyio
+from fastapi import FastAPI
+from loguru import logger
+
+from . import __version__
+from .api import cohere, jina, native, system
+from .config import Settings, load_settings
+from .engine import Engine
+from .service import Reranker
+
+__all__ = ["create_app"]
+
+
+async def _load_in_background(reranker: Reranker, on_failure: Callable[[str], None] | None) -> None:
+    try:
+        engine = await anyio.to_thread.run_sync(Engine.load, reranker.settings, abandon_on_cancel=True)
+    except Exception as exc:  # ModelLoadError, ConfigError, or anything a library raised
+        reranker.load_error = str(exc)
+        logger.error("model failed to load: {}", exc)
+        if on_failure is not None:
+            on_failure(str(exc))
+        return
+    engine.start()
+    reranker.engine = engine
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    engine: Engine | None = None,
+    on_load_failure: Callable[[str], None] | None = None,
+) -> FastAPI:
+    """Build the app. ``engine`` skips loading (tests inject one); ``on_load_failure`` is how
+    ``__main__`` learns that the model failed, to stop the server with a non-zero exit."""
+    settings = settings or load_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        reranker = Reranker(settings, engine)
+        app.state.reranker = reranker
+        loader = None
+        if engine is not None:
+            engine.start()
+        else:
+            loader = asyncio.create_task(_load_in_background(reranker, on_load_failure))
+        try:
+            yield
+        finally:
+            if loader is not None and not loader.done():
+                loader.cancel()
+            if reranker.engine is not None:
+                await anyio.to_thread.run_sync(reranker.engine.stop)
+
+    app = FastAPI(
+        title="reranker-serve",
+        version=__version__,
+        summary="Cross-encoder reranking behind the native, TEI, Cohere and Jina rerank APIs.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    for module in (native, cohere, jina, system):
+        app.include_router(module.router)
+    return app

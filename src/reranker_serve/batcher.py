@@ -1,0 +1,263 @@
+"""The scheduler between requests and the model: pairs from all requests, packed into
+length-sorted batches under a padded-token budget, run one batch at a time in a worker thread.
+
+Why this shape (measured in docs/benchmarks.md): on CPU most of the throughput comes from
+(1) never padding a 20-token pair to 400 tokens, (2) batches sized by tokens, not pair count,
+and (3) letting concurrent requests fill each other's batches. The event loop never runs the
+model; it only admits work (or answers 429 when the queue is full) and awaits a future.
+
+Batch selection: the oldest waiting request seeds each batch with its longest remaining pair
+(length L), so no request waits behind an endless stream of newer ones; the batch is then filled
+with the longest waiting pairs of length <= L from any request, while (pairs x L) stays within
+``max_batch_tokens`` and the pair count within ``max_batch_size``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from loguru import logger
+
+from .errors import ErrorKind, RerankError
+from .models.base import Pair
+
+__all__ = ["Batcher", "Scored"]
+
+Forward = Callable[[Sequence[Pair]], list[float]]
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """Raw scores of one request, in its pair order, with where its time went."""
+
+    scores: list[float]
+    queue_time: float  # seconds from admission to its first batch
+    inference_time: float  # seconds spent in forward passes that carried its pairs
+
+
+@dataclass(eq=False)
+class _Job:
+    pairs: Sequence[Pair]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Scored]
+    seq: int
+    admitted: float = field(default_factory=time.perf_counter)
+    remaining: set[int] = field(default_factory=set)
+    scores: list[float] = field(default_factory=list)
+    left: int = 0
+    started: float | None = None
+    inference: float = 0.0
+    cancelled: bool = False
+
+    def __post_init__(self) -> None:
+        self.remaining = set(range(len(self.pairs)))
+        self.scores = [0.0] * len(self.pairs)
+        self.left = len(self.pairs)
+
+    def settle(self, result: Scored | BaseException) -> None:
+        def _set() -> None:
+            if self.future.done():
+                return
+            if isinstance(result, BaseException):
+                self.future.set_exception(result)
+            else:
+                self.future.set_result(result)
+
+        try:
+            self.loop.call_soon_threadsafe(_set)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+
+class Batcher:
+    """Admits scoring jobs and runs them through ``forward`` in one worker thread."""
+
+    def __init__(
+        self,
+        forward: Forward,
+        *,
+        max_batch_tokens: int,
+        max_batch_size: int,
+        max_queue: int,
+        batch_wait: float = 0.0,
+        is_oom: Callable[[BaseException], bool] = lambda exc: False,
+    ) -> None:
+        self._forward = forward
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_size = max_batch_size
+        self.max_queue = max_queue
+        self._batch_wait = batch_wait
+        self._is_oom = is_oom
+        self._cond = threading.Condition()
+        self._jobs: list[_Job] = []  # admission order
+        self._queued = 0  # pairs admitted and not yet scored or dropped
+        self._seq = 0
+        self._closed = False
+        self._pairs_per_s = 0.0  # moving average, for Retry-After
+        self._thread = threading.Thread(target=self._run, name="reranker-batcher", daemon=True)
+        self.batches = 0
+        self.pairs_scored = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop taking work, fail whatever still waits, and let the worker finish its batch."""
+        with self._cond:
+            self._closed = True
+            leftovers, self._jobs = self._jobs, []
+            self._queued = 0
+            self._cond.notify_all()
+        for job in leftovers:
+            job.settle(RerankError(ErrorKind.NOT_READY, "the server is shutting down", retry_after=1))
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+
+    @property
+    def queued_pairs(self) -> int:
+        return self._queued
+
+    # -- admission (event loop) ------------------------------------------------------------------
+    async def submit(self, pairs: Sequence[Pair], *, timeout: float | None = None) -> Scored:
+        """Score ``pairs``; raises RerankError OVERLOADED (429), TIMEOUT (504) or BACKEND (503)."""
+        loop = asyncio.get_running_loop()
+        if not pairs:
+            return Scored([], 0.0, 0.0)
+        with self._cond:
+            if self._closed:
+                raise RerankError(ErrorKind.NOT_READY, "the server is shutting down", retry_after=1)
+            if self._queued + len(pairs) > self.max_queue:
+                raise RerankError(
+                    ErrorKind.OVERLOADED,
+                    f"the server is busy: {self._queued} pairs are waiting and this request adds "
+                    f"{len(pairs)} (queue limit {self.max_queue}); retry later",
+                    retry_after=self._retry_after(),
+                )
+            self._seq += 1
+            job = _Job(pairs, loop, loop.create_future(), self._seq)
+            self._jobs.append(job)
+            self._queued += len(pairs)
+            self._cond.notify()
+        try:
+            return await asyncio.wait_for(job.future, timeout)
+        except (asyncio.TimeoutError, TimeoutError):
+            self._drop(job)
+            raise RerankError(
+                ErrorKind.TIMEOUT,
+                f"the request did not finish within {timeout:g} s (RERANKER_REQUEST_TIMEOUT); "
+                "the server is overloaded or the request is too large",
+            ) from None
+        except asyncio.CancelledError:
+            # The client went away (or the server is stopping): its waiting pairs are dropped.
+            self._drop(job)
+            raise
+
+    def _drop(self, job: _Job) -> None:
+        with self._cond:
+            job.cancelled = True
+
+    def _retry_after(self) -> float:
+        rate = self._pairs_per_s
+        return min(60.0, max(1.0, self._queued / rate)) if rate > 0 else 1.0
+
+    # -- the worker thread ---------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and not self._jobs:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                if self._batch_wait > 0 and self._queued < self.max_batch_size:
+                    # A short wait for company, only when the next batch would be small.
+                    self._cond.wait(timeout=self._batch_wait)
+                batch = self._take_batch()
+            if batch:
+                self._execute(batch)
+
+    def _take_batch(self) -> list[tuple[_Job, int]]:
+        """Pick the next batch (see module docstring). Called with the lock held."""
+        live = []
+        for job in self._jobs:
+            if job.cancelled:
+                self._queued -= len(job.remaining)
+                job.remaining.clear()
+            elif job.remaining:
+                live.append(job)
+        self._jobs = live
+        if not live:
+            return []
+        seed = live[0]
+        width = max(len(seed.pairs[i]) for i in seed.remaining)
+        candidates = sorted(
+            ((len(job.pairs[i]), -job.seq, i, job) for job in live for i in job.remaining if len(job.pairs[i]) <= width),
+            key=lambda c: (c[0], c[1]),
+            reverse=True,
+        )
+        cap = max(1, min(self.max_batch_size, self.max_batch_tokens // max(width, 1)))
+        batch = [(job, i) for _, _, i, job in candidates[:cap]]
+        for job, i in batch:
+            job.remaining.discard(i)
+        # Jobs with nothing left to schedule leave the queue; their in-flight pairs settle them.
+        self._jobs = [job for job in live if job.remaining]
+        return batch
+
+    def _execute(self, batch: list[tuple[_Job, int]]) -> None:
+        start = time.perf_counter()
+        for job, _ in batch:
+            if job.started is None:
+                job.started = start
+        try:
+            scores = self._forward_with_split([job.pairs[i] for job, i in batch])
+        except Exception as exc:  # the model failed: fail exactly the requests in this batch
+            self._fail(batch, exc)
+            return
+        elapsed = time.perf_counter() - start
+        rate = len(batch) / elapsed if elapsed > 0 else 0.0
+        self._pairs_per_s = rate if self._pairs_per_s == 0 else 0.8 * self._pairs_per_s + 0.2 * rate
+        self.batches += 1
+        self.pairs_scored += len(batch)
+        done = []
+        with self._cond:
+            self._queued -= len(batch)
+            for (job, i), score in zip(batch, scores):
+                job.scores[i] = score
+                job.left -= 1
+                if job.left == 0:
+                    done.append(job)
+            for job in {id(j): j for j, _ in batch}.values():
+                job.inference += elapsed
+        for job in done:
+            queue_time = (job.started or start) - job.admitted
+            job.settle(Scored(job.scores, queue_time, job.inference))
+
+    def _forward_with_split(self, pairs: list[Pair]) -> list[float]:
+        # Out of memory on an accelerator: the batch may fit in halves, so try those first.
+        try:
+            return self._forward(pairs)
+        except Exception as exc:
+            if len(pairs) < 2 or not self._is_oom(exc):
+                raise
+            logger.warning("out of memory on a batch of {} pairs; retrying in halves", len(pairs))
+            half = len(pairs) // 2
+            return self._forward_with_split(pairs[:half]) + self._forward_with_split(pairs[half:])
+
+    def _fail(self, batch: list[tuple[_Job, int]], exc: Exception) -> None:
+        logger.opt(exception=exc).error("forward pass failed for a batch of {} pairs", len(batch))
+        jobs = list({id(j): j for j, _ in batch}.values())
+        with self._cond:
+            self._queued -= len(batch)
+            for job in jobs:
+                self._queued -= len(job.remaining)
+                job.remaining.clear()
+                job.cancelled = True
+            self._jobs = [j for j in self._jobs if not j.cancelled]
+        detail = str(exc).splitlines()[0] if str(exc) else "no detail"
+        error = RerankError(ErrorKind.BACKEND, f"inference failed ({type(exc).__name__}: {detail}); retry later")
+        for job in jobs:
+            job.settle(error)

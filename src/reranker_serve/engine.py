@@ -1,0 +1,93 @@
+"""The engine: one loaded model plus the batcher that feeds it.
+
+It knows nothing about HTTP. ``score()`` tokenizes off the event loop, queues the pairs and
+returns raw logits with token counts; the service turns those into ranked results.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import anyio
+import torch
+from loguru import logger
+
+from .batcher import Batcher
+from .config import Settings
+from .device import Placement, configure_cpu_threads, resolve_placement
+from .models import EncodeOptions, ScoringModel, load_model
+
+__all__ = ["Engine", "EngineScores"]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineScores:
+    raw: list[float]
+    tokens: int  # tokens actually fed to the model, special tokens included
+    queue_time: float
+    inference_time: float
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+class Engine:
+    def __init__(self, model: ScoringModel, settings: Settings, *, load_seconds: float = 0.0) -> None:
+        self.model = model
+        self.settings = settings
+        self.load_seconds = load_seconds
+        self.batcher = Batcher(
+            model.forward,
+            max_batch_tokens=settings.max_batch_tokens,
+            max_batch_size=settings.batch_size,
+            max_queue=settings.max_queue,
+            batch_wait=settings.batch_wait_ms / 1000.0,
+            is_oom=_is_oom,
+        )
+
+    @classmethod
+    def load(cls, settings: Settings, placement: Placement | None = None) -> Engine:
+        """Resolve device and dtype, load the model, warm it up. Blocking: run it in a thread."""
+        placement = placement or resolve_placement(
+            device=settings.device, dtype=settings.dtype, use_fp16=settings.use_fp16
+        )
+        if placement.device == "cpu":
+            threads = configure_cpu_threads(settings.num_threads)
+            logger.info("CPU inference with {} torch threads", threads)
+        started = time.perf_counter()
+        model = load_model(settings, placement)
+        engine = cls(model, settings, load_seconds=time.perf_counter() - started)
+        engine.warm_up()
+        logger.info(
+            "model {} loaded in {:.1f} s on {} ({}), max_length {}",
+            model.name, engine.load_seconds, model.device, model.dtype_name, model.max_length,
+        )
+        return engine
+
+    def warm_up(self) -> None:
+        # The first forward pass pays for kernel selection and allocator growth; pay it here,
+        # not in the first client's latency.
+        pairs = self.model.encode("warm up", ["the engine is warming up"], self.encode_options())
+        self.model.forward(pairs)
+
+    def start(self) -> None:
+        self.batcher.start()
+
+    def stop(self) -> None:
+        self.batcher.close()
+
+    def encode_options(self, **overrides: object) -> EncodeOptions:
+        return EncodeOptions(max_length=self.model.max_length, **overrides)  # type: ignore[arg-type]
+
+    async def score(self, query: str, documents: Sequence[str], options: EncodeOptions) -> EngineScores:
+        pairs = await anyio.to_thread.run_sync(self.model.encode, query, documents, options)
+        scored = await self.batcher.submit(pairs, timeout=self.settings.request_timeout)
+        return EngineScores(
+            raw=scored.scores,
+            tokens=sum(len(p) for p in pairs),
+            queue_time=scored.queue_time,
+            inference_time=scored.inference_time,
+        )

@@ -1,0 +1,81 @@
+"""The errors a client can see, as one closed set of kinds mapped once to status codes.
+
+    RerankError                    raised anywhere below the routes; carries an ErrorKind
+      kind=VALIDATION              the request is malformed or breaks a rule          422
+      kind=UNAUTHORIZED            missing or wrong API key                           401
+      kind=MODEL_NOT_FOUND         `model` names a model this server does not serve   404
+      kind=PAYLOAD_TOO_LARGE       too many documents, or a pair too long with        413
+                                   truncation off (TEI answers these with 413 too)
+      kind=OVERLOADED              the queue is full; retry later                     429 + Retry-After
+      kind=NOT_READY               the model is still loading (or failed to load)     503 (+ Retry-After)
+      kind=BACKEND                 the forward pass failed                            503
+      kind=TIMEOUT                 the request outlived RERANKER_REQUEST_TIMEOUT      504
+      kind=INTERNAL                a bug of ours (logged with its traceback)          500
+
+Each dialect module renders a RerankError in its own body shape; only the Cohere dialect
+changes a status (Cohere answers a bad request with 400, not 422). Errors that never reach a
+client (bad settings, a model folder that does not load) are ``ConfigError`` and
+``ModelLoadError``; they stop start-up with one clear line.
+"""
+
+from __future__ import annotations
+
+import enum
+from http import HTTPStatus
+
+__all__ = ["ErrorKind", "ModelLoadError", "RerankError"]
+
+
+class ErrorKind(str, enum.Enum):
+    VALIDATION = "validation"
+    UNAUTHORIZED = "unauthorized"
+    MODEL_NOT_FOUND = "model_not_found"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    OVERLOADED = "overloaded"
+    NOT_READY = "unhealthy"
+    BACKEND = "backend"
+    TIMEOUT = "timeout"
+    INTERNAL = "internal"
+
+    @property
+    def status(self) -> int:
+        return _STATUS[self]
+
+
+_STATUS: dict[ErrorKind, int] = {
+    ErrorKind.VALIDATION: HTTPStatus.UNPROCESSABLE_ENTITY,
+    ErrorKind.UNAUTHORIZED: HTTPStatus.UNAUTHORIZED,
+    ErrorKind.MODEL_NOT_FOUND: HTTPStatus.NOT_FOUND,
+    ErrorKind.PAYLOAD_TOO_LARGE: HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+    ErrorKind.OVERLOADED: HTTPStatus.TOO_MANY_REQUESTS,
+    ErrorKind.NOT_READY: HTTPStatus.SERVICE_UNAVAILABLE,
+    ErrorKind.BACKEND: HTTPStatus.SERVICE_UNAVAILABLE,
+    ErrorKind.TIMEOUT: HTTPStatus.GATEWAY_TIMEOUT,
+    ErrorKind.INTERNAL: HTTPStatus.INTERNAL_SERVER_ERROR,
+}
+
+
+class RerankError(Exception):
+    """An error with a kind (hence a status) and a message a human understands."""
+
+    def __init__(self, kind: ErrorKind, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.retry_after = retry_after
+
+    @property
+    def headers(self) -> dict[str, str]:
+        headers = {}
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(max(1, round(self.retry_after)))
+        if self.kind is ErrorKind.UNAUTHORIZED:
+            headers["WWW-Authenticate"] = "Bearer"
+        return headers
+
+    def __repr__(self) -> str:
+        return f"RerankError({self.kind.value}, {self.message!r})"
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be loaded; the message names the folder or id that failed."""

@@ -1,0 +1,124 @@
+"""The one scoring call behind every route: ``Reranker.rerank(RerankQuery) -> RerankResult``.
+
+Dialect modules translate their request into a ``RerankQuery`` and the ``RerankResult`` back;
+validation that does not depend on the wire format happens here, in a fixed order, so every
+dialect rejects the same requests for the same reasons:
+
+    query non-empty → documents non-empty → documents ≤ MAX_DOCUMENTS → top_n ≥ 0
+    → max_tokens_per_doc ≥ 1 → model ready → score (tokenize, queue, forward) → rank
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+from .config import Settings
+from .engine import Engine
+from .errors import ErrorKind, RerankError
+
+__all__ = ["Ranked", "RerankQuery", "RerankResult", "Reranker"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RerankQuery:
+    query: str
+    documents: Sequence[str]
+    top_n: int | None = None  # None, 0 or more than len(documents): all
+    return_documents: bool = False
+    raw_scores: bool = False
+    model: str | None = None
+    truncate: bool = True
+    truncation_direction: Literal["right", "left"] = "right"
+    max_tokens_per_doc: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ranked:
+    index: int  # position in the request's documents
+    score: float
+    document: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RerankResult:
+    model: str
+    results: list[Ranked]
+    total_tokens: int
+    queue_time: float = 0.0
+    inference_time: float = 0.0
+
+
+def _invalid(message: str) -> RerankError:
+    return RerankError(ErrorKind.VALIDATION, message)
+
+
+class Reranker:
+    """Owns the (possibly still loading) engine and ranks documents with it."""
+
+    def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.load_error: str | None = None
+
+    @property
+    def model_id(self) -> str:
+        return self.engine.model.name if self.engine else self.settings.model_id
+
+    @property
+    def ready(self) -> bool:
+        return self.engine is not None
+
+    def _require_engine(self) -> Engine:
+        if self.engine is not None:
+            return self.engine
+        if self.load_error:
+            raise RerankError(ErrorKind.NOT_READY, f"the model failed to load: {self.load_error}")
+        raise RerankError(ErrorKind.NOT_READY, "the model is still loading; retry shortly", retry_after=5)
+
+    async def rerank(self, q: RerankQuery) -> RerankResult:
+        if not q.query.strip():
+            raise _invalid("query must not be empty")
+        n = len(q.documents)
+        if n == 0:
+            raise _invalid("documents must not be empty: send at least one document")
+        limit = self.settings.max_documents
+        if n > limit:
+            raise RerankError(
+                ErrorKind.PAYLOAD_TOO_LARGE,
+                f"too many documents: {n} sent, at most {limit} allowed (RERANKER_MAX_DOCUMENTS)",
+            )
+        if q.top_n is not None and q.top_n < 0:
+            raise _invalid(f"top_n must be 0 or more (0 means all documents), got {q.top_n}")
+        if q.max_tokens_per_doc is not None and q.max_tokens_per_doc < 1:
+            raise _invalid(f"max_tokens_per_doc must be at least 1, got {q.max_tokens_per_doc}")
+        engine = self._require_engine()
+
+        options = engine.encode_options(
+            truncate=q.truncate, truncation_direction=q.truncation_direction, max_doc_tokens=q.max_tokens_per_doc
+        )
+        scored = await engine.score(q.query, q.documents, options)
+        raw = scored.raw
+        if any(not math.isfinite(x) for x in raw):
+            raise RerankError(
+                ErrorKind.BACKEND,
+                f"the model produced non-finite scores in {engine.model.dtype_name}; "
+                "set RERANKER_DTYPE=float32 if this repeats",
+            )
+        activate = engine.model.activate
+        scores = raw if q.raw_scores else [activate(x) for x in raw]
+        # sorted() is stable: equal scores keep the order the client sent.
+        order = sorted(range(n), key=lambda i: -scores[i])
+        if q.top_n:
+            order = order[: q.top_n]
+        results = [
+            Ranked(i, scores[i], q.documents[i] if q.return_documents else None) for i in order
+        ]
+        return RerankResult(
+            model=engine.model.name,
+            results=results,
+            total_tokens=scored.tokens,
+            queue_time=scored.queue_time,
+            inference_time=scored.inference_time,
+        )
