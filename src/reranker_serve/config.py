@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
@@ -33,7 +33,7 @@ class Settings(BaseSettings):
 
     # --- server -------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Interface to bind (0.0.0.0 exposes it to the network).")
-    port: int = Field(8000, ge=1, le=65535, description="TCP port.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port).")
     workers: int = Field(1, ge=1, le=64, description="Server processes; each loads its own model copy.")
     log_level: Literal["trace", "debug", "info", "warning", "error", "critical"] = "info"
     api_key: str | None = Field(None, description="When set, rerank routes need `Authorization: Bearer KEY`.")
@@ -101,6 +101,15 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
+
+    @model_validator(mode="after")
+    def _queue_holds_a_request(self) -> Settings:
+        # A request larger than the queue could never be admitted: 429 forever.
+        if self.max_queue < self.max_documents:
+            raise ValueError(
+                f"RERANKER_MAX_QUEUE ({self.max_queue}) must be at least RERANKER_MAX_DOCUMENTS ({self.max_documents})"
+            )
+        return self
 
     @property
     def model_source(self) -> str:

@@ -37,18 +37,18 @@ bearer_scheme = HTTPBearer(auto_error=False, description="Needed when RERANKER_A
 
 
 def _location(loc: Sequence[Any]) -> str:
-    parts = [p for p in loc if p != "body"]
     text = ""
-    for part in parts:
+    for part in loc:
         if isinstance(part, int):
             text += f"[{part}]"
-        elif part.startswith(("function-after", "function-before", "function-wrap")) or part in (
-            "str", "int", "bool", "list[str]", "native", "tei", "tagged-union",
-        ):
-            continue  # pydantic's union/validator branch labels mean nothing to a client
+        elif part == "body" or not (part.isidentifier() and part.islower()) or part in _TYPE_LABELS:
+            continue  # pydantic's union-branch labels ('str', 'JinaDocument', 'dict[str,any]') mean nothing to a client
         else:
             text += f".{part}" if text else part
     return text or "body"
+
+
+_TYPE_LABELS = {"str", "int", "float", "bool", "list", "dict", "native", "tei"}
 
 
 def describe_validation(errors: Sequence[dict[str, Any]]) -> str:
@@ -89,6 +89,17 @@ def _check_api_key(request: Request) -> None:
         raise RerankError(ErrorKind.UNAUTHORIZED, "invalid API key")
 
 
+def _check_content_type(request: Request) -> None:
+    # No Content-Type is read as JSON (as FastAPI does); a different one is a client mistake
+    # (curl -d sends form encoding) that deserves a clearer word than "not a JSON object".
+    content_type = request.headers.get("content-type")
+    if content_type and "json" not in content_type.lower():
+        raise RerankError(
+            ErrorKind.VALIDATION,
+            f"send the body as JSON with the header 'Content-Type: application/json' (got {content_type!r})",
+        )
+
+
 async def _until_disconnect(request: Request) -> None:
     # The body is already read, so the next ASGI message can only be the disconnect.
     while True:
@@ -122,6 +133,7 @@ def dialect_route(render: ErrorRenderer) -> type[APIRoute]:
                 started = time.perf_counter()
                 try:
                     _check_api_key(request)
+                    _check_content_type(request)
                     await request.body()  # read now, so only the disconnect is left to receive
                     response = await _cancel_on_disconnect(request, handler(request))
                 except RerankError as exc:

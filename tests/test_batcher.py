@@ -1,0 +1,183 @@
+"""The scheduler, with a fake model that records batch composition."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from reranker_serve.batcher import Batcher
+from reranker_serve.errors import ErrorKind, RerankError
+from reranker_serve.models.base import Pair
+from fakes import FakeModel, fake_score
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture()
+def anyio_backend():
+    return "asyncio"
+
+
+def pairs(*lengths: int, token: int = 5) -> list[Pair]:
+    return [Pair([token + i] * n) for i, n in enumerate(lengths)]
+
+
+def make(model: FakeModel, **kw) -> Batcher:
+    opts = dict(max_batch_tokens=64, max_batch_size=8, max_queue=100)
+    opts.update(kw)
+    b = Batcher(model.forward, **opts)
+    b.start()
+    return b
+
+
+async def hold(model: FakeModel, batcher: Batcher) -> asyncio.Task:
+    """Occupy the worker with a one-pair job, so later submissions queue up together."""
+    model.gate.clear()
+    model.entered.clear()
+    task = asyncio.ensure_future(batcher.submit([Pair([999])], timeout=30))
+    while not model.entered.is_set():
+        await asyncio.sleep(0.005)
+    return task
+
+
+async def test_concurrent_requests_share_batches_and_map_back():
+    model = FakeModel()
+    batcher = make(model)
+    blocker = await hold(model, batcher)
+    jobs = [pairs(3, 4, 2, token=10 * k) for k in range(1, 4)]
+    tasks = [asyncio.ensure_future(batcher.submit(j, timeout=30)) for j in jobs]
+    await asyncio.sleep(0.05)
+    model.gate.set()
+    results = await asyncio.gather(*tasks)
+    await blocker
+    for job, result in zip(jobs, results):
+        assert result.scores == [fake_score(p) for p in job]
+        assert result.inference_time > 0 and result.queue_time >= 0
+    mixed = [b for b in model.batches[1:] if len({p.ids[0] // 10 for p in b}) > 1]
+    assert mixed, f"no batch mixed requests: {[[p.ids for p in b] for b in model.batches]}"
+    batcher.close()
+
+
+async def test_token_budget_and_size_cap_hold():
+    model = FakeModel()
+    batcher = make(model, max_batch_tokens=40, max_batch_size=3)
+    blocker = await hold(model, batcher)
+    lengths = [1, 20, 5, 13, 7, 2, 9, 19, 3, 11, 4, 6, 8]
+    tasks = [asyncio.ensure_future(batcher.submit(pairs(*lengths[i::3], token=100 * (i + 1)), timeout=30))
+             for i in range(3)]
+    await asyncio.sleep(0.05)
+    model.gate.set()
+    await asyncio.gather(*tasks, blocker)
+    for batch in model.batches:
+        assert len(batch) <= 3
+        assert len(batch) * max(len(p) for p in batch) <= 40
+    assert sum(len(b) for b in model.batches) == len(lengths) + 1
+    # Length-sorted: padding stays small (each batch's pairs are neighbours in length).
+    padded = sum(len(b) * max(len(p) for p in b) for b in model.batches)
+    assert padded <= 1.35 * (sum(lengths) + 1)
+    batcher.close()
+
+
+async def test_oversized_pair_runs_alone():
+    model = FakeModel()
+    batcher = make(model, max_batch_tokens=16)
+    result = await batcher.submit(pairs(50, 3), timeout=30)
+    assert len(result.scores) == 2
+    assert [len(b) for b in model.batches] == [1, 1]
+    batcher.close()
+
+
+async def test_failure_fails_only_the_affected_request_and_the_engine_recovers():
+    model = FakeModel(fail_on=666)
+    batcher = make(model, max_batch_size=2)
+    blocker = await hold(model, batcher)
+    poisoned = asyncio.ensure_future(batcher.submit([Pair([666] * 30), Pair([1] * 30)], timeout=30))
+    healthy = asyncio.ensure_future(batcher.submit([Pair([2] * 3), Pair([3] * 2)], timeout=30))
+    await asyncio.sleep(0.05)
+    model.gate.set()
+    with pytest.raises(RerankError) as info:
+        await poisoned
+    assert info.value.kind is ErrorKind.BACKEND and "simulated kernel failure" in info.value.message
+    assert (await healthy).scores == [fake_score(Pair([2] * 3)), fake_score(Pair([3] * 2))]
+    await blocker
+    assert batcher.queued_pairs == 0
+    again = await batcher.submit(pairs(4, 5), timeout=30)
+    assert len(again.scores) == 2
+    batcher.close()
+
+
+async def test_queue_full_is_overloaded_with_retry_after():
+    model = FakeModel()
+    batcher = make(model, max_queue=10)
+    blocker = await hold(model, batcher)
+    waiting = asyncio.ensure_future(batcher.submit(pairs(1, 1, 1, 1, 1, 1, 1, 1), timeout=30))
+    await asyncio.sleep(0.01)
+    with pytest.raises(RerankError) as info:
+        await batcher.submit(pairs(1, 1, 1), timeout=30)
+    assert info.value.kind is ErrorKind.OVERLOADED and info.value.kind.status == 429
+    assert int(info.value.headers["Retry-After"]) >= 1
+    model.gate.set()
+    await asyncio.gather(waiting, blocker)
+    assert len((await batcher.submit(pairs(1, 1, 1), timeout=30)).scores) == 3  # room again
+    batcher.close()
+
+
+async def test_deadline_is_a_timeout_and_its_pairs_are_dropped():
+    model = FakeModel()
+    batcher = make(model)
+    blocker = await hold(model, batcher)
+    with pytest.raises(RerankError) as info:
+        await batcher.submit([Pair([42, 42])], timeout=0.05)
+    assert info.value.kind is ErrorKind.TIMEOUT and info.value.kind.status == 504
+    model.gate.set()
+    await blocker
+    await batcher.submit([Pair([1])], timeout=30)
+    assert (42, 42) not in model.scored_ids()
+    assert batcher.queued_pairs == 0
+    batcher.close()
+
+
+async def test_cancelled_request_is_skipped():
+    model = FakeModel()
+    batcher = make(model)
+    blocker = await hold(model, batcher)
+    gone = asyncio.ensure_future(batcher.submit([Pair([77] * 5), Pair([78] * 4)], timeout=30))
+    kept = asyncio.ensure_future(batcher.submit([Pair([5] * 5)], timeout=30))
+    await asyncio.sleep(0.02)
+    gone.cancel()
+    await asyncio.sleep(0.02)
+    model.gate.set()
+    await asyncio.gather(kept, blocker)
+    scored = model.scored_ids()
+    assert (5,) * 5 in scored and (77,) * 5 not in scored and (78,) * 4 not in scored
+    assert batcher.queued_pairs == 0
+    batcher.close()
+
+
+async def test_out_of_memory_retries_in_halves():
+    model = FakeModel(oom_above=2)
+    batcher = make(model, max_batch_size=8, is_oom=lambda e: "out of memory" in str(e))
+    job = pairs(2, 2, 2, 2, 2, 2)
+    result = await batcher.submit(job, timeout=30)
+    assert result.scores == [fake_score(p) for p in job]
+    assert all(len(b) <= 2 for b in model.batches)
+    batcher.close()
+
+
+async def test_close_fails_waiting_requests():
+    model = FakeModel()
+    batcher = make(model)
+    blocker = await hold(model, batcher)
+    waiting = asyncio.ensure_future(batcher.submit(pairs(3), timeout=30))
+    await asyncio.sleep(0.01)
+    closing = asyncio.ensure_future(asyncio.to_thread(batcher.close))  # joins the busy worker
+    await asyncio.sleep(0.05)
+    model.gate.set()
+    await closing
+    await blocker  # the batch in flight still finishes
+    with pytest.raises(RerankError) as info:
+        await waiting
+    assert info.value.kind is ErrorKind.NOT_READY
+    with pytest.raises(RerankError, match="shutting down"):
+        await batcher.submit(pairs(1), timeout=1)

@@ -1,0 +1,192 @@
+"""The server as a whole: loading and readiness, overload, deadlines, disconnects, faults."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from reranker_serve.app import create_app
+from reranker_serve.engine import Engine
+from conftest import DOCS, QUERY, RunningServer, settings_for
+from fakes import FakeModel
+
+
+def fake_server(tiny_model, model: FakeModel, **overrides) -> RunningServer:
+    settings = settings_for(tiny_model, **overrides)
+    return RunningServer(create_app(settings, engine=Engine(model, settings)))
+
+
+def test_concurrent_requests_through_the_real_model_match_the_reference(server, reference):
+    queries = [QUERY, "Which city is in Germany?", "cats and mats", "neural networks"]
+    expected = {q: reference.scores(q, DOCS) for q in queries}
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(lambda q: (q, server.client.post("/rerank", json={"query": q, "documents": DOCS})),
+                                queries * 4))
+    for q, r in replies:
+        assert r.status_code == 200
+        for x in r.json()["results"]:
+            assert x["relevance_score"] == pytest.approx(expected[q][x["index"]], abs=1e-5)
+
+
+def test_ready_turns_200_only_after_loading(tiny_model, monkeypatch):
+    release = threading.Event()
+    real_load = Engine.load
+
+    def slow_load(settings, placement=None):
+        release.wait(30)
+        return real_load(settings, placement)
+
+    monkeypatch.setattr(Engine, "load", staticmethod(slow_load))
+    srv = RunningServer(create_app(settings_for(tiny_model)), wait_ready=False)
+    try:
+        assert srv.client.get("/health").json() == {"status": "ok"}
+        r = srv.client.get("/ready")
+        assert r.status_code == 503 and r.json() == {"status": "loading"}
+        busy = srv.client.post("/v1/rerank", json={"query": QUERY, "documents": DOCS})
+        assert busy.status_code == 503 and "still loading" in busy.json()["message"]
+        assert busy.headers["retry-after"] == "5"
+        assert srv.client.get("/info").json()["ready"] is False
+        release.set()
+        srv.wait_ready()
+        info = srv.client.get("/info").json()
+        assert info["ready"] and info["device"] == "cpu" and info["dtype"] == "float32" and info["max_length"] == 128
+    finally:
+        release.set()
+        srv.stop()
+
+
+def broken_model(tmp_path):
+    folder = tmp_path / "broken-model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "xlm-roberta", "architectures": ["XLMRobertaForSequenceClassification"]}))
+    return folder  # a config, but no weights and no tokenizer
+
+
+def test_load_failure_is_reported(tmp_path):
+    folder = broken_model(tmp_path)
+    srv = RunningServer(create_app(settings_for(folder)), wait_ready=False)
+    try:
+        deadline = time.monotonic() + 60
+        while (r := srv.client.get("/ready")).json()["status"] == "loading" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert r.status_code == 503 and r.json()["status"] == "failed"
+        assert str(folder) in r.json()["error"]
+        jina = srv.client.post("/api/v1/rerank", json={"query": QUERY, "documents": DOCS})
+        assert jina.status_code == 503 and "failed to load" in jina.json()["detail"]
+    finally:
+        srv.stop()
+
+
+def test_unsupported_architecture_names_what_was_found(tmp_path):
+    folder = tmp_path / "gpt"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
+    srv = RunningServer(create_app(settings_for(folder)), wait_ready=False)
+    try:
+        deadline = time.monotonic() + 60
+        while (r := srv.client.get("/ready")).json()["status"] == "loading" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "GPT2LMHeadModel" in r.json()["error"] and "not a supported reranker" in r.json()["error"]
+    finally:
+        srv.stop()
+
+
+def test_process_exits_1_when_the_model_does_not_load(tmp_path):
+    folder = broken_model(tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RERANKER_")}
+    env.update(RERANKER_MODEL_PATH=str(folder), RERANKER_PORT="0", RERANKER_USE_OFFLINE_MODE="true")
+    proc = subprocess.run([sys.executable, "-m", "reranker_serve"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("reranker-serve: model failed to load") and str(folder) in last
+
+
+def test_overload_answers_429_in_the_dialect_shape(tiny_model):
+    model = FakeModel(delay=0.2)
+    srv = fake_server(tiny_model, model, max_documents=4, max_queue=6, batch_size=2)
+    try:
+        body = {"query": "q", "documents": ["1 2", "3 4", "5 6", "7 8"]}
+        with ThreadPoolExecutor(6) as pool:
+            replies = list(pool.map(lambda _: srv.client.post("/v1/rerank", json=body), range(6)))
+        codes = sorted(r.status_code for r in replies)
+        assert codes.count(200) >= 1 and codes.count(429) >= 1 and set(codes) <= {200, 429}
+        for r in replies:
+            if r.status_code == 429:
+                assert "busy" in r.json()["message"] and int(r.headers["retry-after"]) >= 1
+        assert srv.client.post("/v1/rerank", json=body).status_code == 200  # and it recovers
+    finally:
+        srv.stop()
+
+
+def test_deadline_answers_504(tiny_model):
+    model = FakeModel()
+    srv = fake_server(tiny_model, model, request_timeout=0.2)
+    try:
+        model.gate.clear()
+        r = srv.client.post("/api/v1/rerank", json={"query": "q", "documents": ["1 2"]})
+        assert r.status_code == 504 and "RERANKER_REQUEST_TIMEOUT" in r.json()["detail"]
+    finally:
+        model.gate.set()
+        srv.stop()
+
+
+def test_client_that_hangs_up_has_its_pairs_dropped(tiny_model):
+    model = FakeModel()
+    srv = fake_server(tiny_model, model)
+    try:
+        model.gate.clear()
+        first = threading.Thread(target=lambda: srv.client.post("/rerank", json={"query": "q", "documents": ["1"]}))
+        first.start()  # occupies the worker
+        assert model.entered.wait(10)
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{srv.url}/rerank", json={"query": "q", "documents": ["55 55", "56 56"]}, timeout=0.3)
+        time.sleep(0.2)  # the server notices the disconnect
+        model.gate.set()
+        first.join(10)
+        assert srv.client.post("/rerank", json={"query": "q", "documents": ["9"]}).status_code == 200
+        assert (55, 55) not in model.scored_ids() and (56, 56) not in model.scored_ids()
+    finally:
+        model.gate.set()
+        srv.stop()
+
+
+def test_failed_forward_is_503_and_the_server_recovers(tiny_model):
+    model = FakeModel(fail_on=666)
+    srv = fake_server(tiny_model, model)
+    try:
+        bad = srv.client.post("/rerank", json={"query": "q", "texts": ["666 1"]})
+        assert bad.status_code == 503
+        assert bad.json() == {"error": "inference failed (RuntimeError: simulated kernel failure); retry later",
+                              "error_type": "Backend"}
+        good = srv.client.post("/rerank", json={"query": "q", "texts": ["1 2", "5"]})
+        assert good.status_code == 200 and [x["index"] for x in good.json()] == [1, 0]
+    finally:
+        srv.stop()
+
+
+def test_wrong_content_type_is_explained(client):
+    r = client.post("/v2/rerank", content=b'{"query":"q","documents":["a"]}',
+                    headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 400 and "Content-Type: application/json" in r.json()["message"]
+
+
+def test_openapi_documents_every_route_and_error_shape(client):
+    spec = client.get("/openapi.json").json()
+    for path, error_field in [("/rerank", "error"), ("/v1/rerank", "message"), ("/v2/rerank", "message"),
+                              ("/api/v1/rerank", "detail")]:
+        op = spec["paths"][path]["post"]
+        assert "200" in op["responses"] and "401" in op["responses"] and "503" in op["responses"]
+        ref = op["responses"]["503"]["content"]["application/json"]["schema"]["$ref"].split("/")[-1]
+        assert error_field in spec["components"]["schemas"][ref]["properties"]
+    for path in ("/health", "/ready", "/info"):
+        assert path in spec["paths"]
+    assert client.get("/docs").status_code == 200
