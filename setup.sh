@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Set up reranker-serve in ./.venv: the right torch for this machine, then the requirements.
+#
+#   ./setup.sh          runtime dependencies
+#   ./setup.sh --dev    also the test dependencies
+#
+# Idempotent: a second run with unchanged requirements does nothing. Variables:
+#   PYTHON=python3.11   interpreter for the venv        TORCH_VERSION=2.13.0   torch release
+#   TORCH_INDEX_URL=…   force a torch wheel index (e.g. https://download.pytorch.org/whl/cu128)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+
+dev=0
+for arg in "$@"; do
+  case "$arg" in
+    --dev) dev=1 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown option $arg (try --help)" >&2; exit 2 ;;
+  esac
+done
+
+PYTHON=${PYTHON:-python3}
+TORCH_VERSION=${TORCH_VERSION:-2.13.0}
+VENV=.venv
+say() { printf '[setup] %s\n' "$*"; }
+
+if [ ! -x "$VENV/bin/python" ]; then
+  say "creating $VENV with $($PYTHON --version 2>&1)"
+  "$PYTHON" -m venv "$VENV"
+fi
+py="$VENV/bin/python"
+pip() { "$py" -m pip --disable-pip-version-check -q "$@"; }
+
+# --- torch: chosen for the machine, installed before anything can pull the default build ------
+if ! "$py" -c "import torch" >/dev/null 2>&1; then
+  if [ -n "${TORCH_INDEX_URL:-}" ]; then
+    say "installing torch $TORCH_VERSION from $TORCH_INDEX_URL"
+    pip install "torch==$TORCH_VERSION" --index-url "$TORCH_INDEX_URL"
+  elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    say "NVIDIA GPU found: installing the CUDA build of torch $TORCH_VERSION"
+    pip install "torch==$TORCH_VERSION"
+  elif [ "$(uname -s)" = "Darwin" ]; then
+    say "macOS: installing torch $TORCH_VERSION (CPU + Apple MPS)"
+    pip install "torch==$TORCH_VERSION"
+  else
+    say "no GPU: installing the CPU build of torch $TORCH_VERSION"
+    # A local wheel (pip's find-links) first, then PyTorch's CPU index; PyPI's default Linux
+    # wheel is the multi-GB CUDA build, so it is only the last resort.
+    pip install --no-index "torch==$TORCH_VERSION" 2>/dev/null \
+      || pip install "torch==$TORCH_VERSION" --index-url https://download.pytorch.org/whl/cpu \
+      || { say "CPU index unreachable; falling back to PyPI's torch (large download)"; pip install "torch==$TORCH_VERSION"; }
+  fi
+fi
+
+# --- the rest, skipped when nothing changed since the last run ---------------------------------
+req="requirements.txt"
+[ "$dev" = 1 ] && req="requirements-dev.txt"
+stamp="$VENV/.setup-$(basename "$req" .txt)"
+digest=$(cat requirements.txt "$req" pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$digest" ]; then
+  say "up to date ($req)"
+  exit 0
+fi
+say "installing $req"
+pip install -r "$req"
+pip install --no-deps -e .
+echo "$digest" > "$stamp"
+say "done: $("$py" -c 'import torch, reranker_serve as r; print(f"reranker-serve {r.__version__}, torch {torch.__version__}")')"
