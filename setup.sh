@@ -44,11 +44,18 @@ if ! "$py" -c "import torch" >/dev/null 2>&1; then
     pip install "torch==$TORCH_VERSION"
   else
     say "no GPU: installing the CPU build of torch $TORCH_VERSION"
-    # A local wheel (pip's find-links) first, then PyTorch's CPU index; PyPI's default Linux
-    # wheel is the multi-GB CUDA build, so it is only the last resort.
-    pip install --no-index "torch==$TORCH_VERSION" 2>/dev/null \
-      || pip install "torch==$TORCH_VERSION" --index-url https://download.pytorch.org/whl/cpu \
-      || { say "CPU index unreachable; falling back to PyPI's torch (large download)"; pip install "torch==$TORCH_VERSION"; }
+    # PyPI's default Linux wheel is the multi-GB CUDA build, so: a wheel pip can already see
+    # locally (find-links) first, then PyTorch's CPU index if it answers, PyPI only as a last resort.
+    local_wheels=$(mktemp -d)
+    if pip download --no-index --no-deps "torch==$TORCH_VERSION" -d "$local_wheels" >/dev/null 2>&1; then
+      pip install "$local_wheels"/torch-*.whl
+    elif "$py" -c "import socket; socket.create_connection(('download.pytorch.org', 443), timeout=5)" 2>/dev/null; then
+      pip install "torch==$TORCH_VERSION" --index-url https://download.pytorch.org/whl/cpu
+    else
+      say "PyTorch's CPU index is unreachable; installing torch from PyPI (large download)"
+      pip install "torch==$TORCH_VERSION"
+    fi
+    rm -rf "$local_wheels"
   fi
 fi
 

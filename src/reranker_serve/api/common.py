@@ -170,6 +170,11 @@ class Usage(BaseModel):
 class TextDocument(BaseModel):
     text: str
 
+    @classmethod
+    def of(cls, text: str | None) -> TextDocument | None:
+        """The `{"text": ...}` form of a returned document, or None when none was asked for."""
+        return None if text is None else cls(text=text)
+
 
 def document_texts(documents: Sequence[str | dict[str, Any]], rank_fields: Sequence[str] | None = None) -> list[str]:
     """The text to rank for each document: a string as is; an object's `text`, or with

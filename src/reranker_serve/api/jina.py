@@ -66,7 +66,7 @@ class JinaRerankResponse(BaseModel):
                 JinaResult(
                     index=r.index,
                     relevance_score=r.score,
-                    document=TextDocument(text=r.document) if r.document is not None else None,
+                    document=TextDocument.of(r.document),
                 )
                 for r in result.results
             ],

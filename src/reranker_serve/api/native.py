@@ -68,7 +68,7 @@ class NativeRerankResponse(BaseModel):
                 NativeResult(
                     index=r.index,
                     relevance_score=r.score,
-                    document=TextDocument(text=r.document) if r.document is not None else None,
+                    document=TextDocument.of(r.document),
                 )
                 for r in result.results
             ],

@@ -1,0 +1,330 @@
+#!/usr/bin/env python3
+"""Load generator for reranker-serve, with the naive server side by side.
+
+    # ours vs the naive seed-style server, same model, one invocation (run one after the other)
+    python scripts/benchmark.py --model /tmp/models/bge-reranker-base --baseline
+    # an already running server (any dialect)
+    python scripts/benchmark.py --url http://127.0.0.1:8000 --dialect cohere-v2
+    # server overhead over the bare forward pass, one request of 10 short documents
+    python scripts/benchmark.py --model /tmp/models/xlmr-mini --overhead
+
+Requests are built from real text (Vaswani by default: ../shared/data/vaswani, or --text FILE
+with one document per line): documents of --min-words..--max-words words (consecutive abstracts
+joined), --docs per request, a random query each. Reports pairs/s, p50/p99 latency, status
+counts, and useful GFLOP/s (2·params·tokens + attention, padding excluded) against this
+machine's measured matmul rate. --json writes everything to a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "vaswani"
+
+BODIES = {
+    "native": lambda q, d: ("/rerank", {"query": q, "documents": d}),
+    "tei": lambda q, d: ("/rerank", {"query": q, "texts": d}),
+    "cohere-v1": lambda q, d: ("/v1/rerank", {"query": q, "documents": d}),
+    "cohere-v2": lambda q, d: ("/v2/rerank", {"model": "m", "query": q, "documents": d}),
+    "jina": lambda q, d: ("/api/v1/rerank", {"model": "m", "query": q, "documents": d, "return_documents": False}),
+}
+
+
+# -- workload ---------------------------------------------------------------------------------------
+def load_texts(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    if args.text:
+        lines = [l.strip() for l in Path(args.text).read_text().splitlines() if l.strip()]
+        return lines, lines
+    corpus = (args.data / "corpus" / "doc-text.trec").read_text()
+    docs = [" ".join(m.split()) for m in re.findall(r"</DOCNO>(.*?)</DOC>", corpus, re.S)]
+    topics = (args.data / "query-text.trec").read_text()
+    queries = [" ".join(m.split()).lower() for m in re.findall(r"<title>(.*?)</title>", topics, re.S)]
+    return docs, queries
+
+
+def build_requests(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
+    docs, queries = load_texts(args)
+    rng = random.Random(args.seed)
+    words = [d.split() for d in docs if d]
+    requests = []
+    for _ in range(args.requests):
+        batch = []
+        for _ in range(args.docs):
+            target = rng.randint(args.min_words, args.max_words)
+            i, text = rng.randrange(len(words)), []
+            while len(text) < target:
+                text += words[i % len(words)]
+                i += 1
+            batch.append(" ".join(text[:target]))
+        requests.append((rng.choice(queries), batch))
+    return requests
+
+
+# -- machine ----------------------------------------------------------------------------------------
+def matmul_rate(dtype_name: str, n: int = 1024, repeat: int = 20) -> float:
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "python": platform.python_version()}
+
+
+def flops_per_pair(config: dict, tokens: int) -> float:
+    h, layers = config["hidden_size"], config["num_hidden_layers"]
+    ffn = config.get("intermediate_size", 4 * h)
+    dense = layers * (4 * h * h + 2 * h * ffn) + h * h  # attention projections, FFN, classifier head
+    attention = layers * 4 * tokens * tokens * h  # QK^T and attention·V
+    return 2 * dense * tokens + attention
+
+
+def pair_lengths(model: Path, requests: list[tuple[str, list[str]]], max_length: int) -> list[int]:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model)
+    out = []
+    for q, docs in requests:
+        enc = tok([q] * len(docs), docs, truncation="only_second", max_length=max_length)
+        out += [len(ids) for ids in enc["input_ids"]]
+    return out
+
+
+# -- servers ----------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(cmd: list[str], env: dict, url: str, log: Path) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited: see {log}")
+        try:
+            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise SystemExit(f"server not ready after 600 s: see {log}")
+
+
+def start_ours(args: argparse.Namespace, port: int) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RERANKER_")}
+    env.update(RERANKER_MODEL_PATH=str(args.model), RERANKER_PORT=str(port), RERANKER_USE_OFFLINE_MODE="true",
+               RERANKER_MAX_LENGTH=str(args.max_length), RERANKER_LOG_LEVEL="warning")
+    for setting in args.set or []:
+        key, _, value = setting.partition("=")
+        env[f"RERANKER_{key.upper()}"] = value
+    return start([sys.executable, "-m", "reranker_serve"], env, f"http://127.0.0.1:{port}", args.logdir / "ours.log")
+
+
+def start_baseline(args: argparse.Namespace, port: int) -> subprocess.Popen:
+    cmd = [sys.executable, str(ROOT / "scripts" / "naive_server.py"), "--model", str(args.model), "--port", str(port),
+           "--max-length", str(args.max_length)]
+    return start(cmd, dict(os.environ), f"http://127.0.0.1:{port}", args.logdir / "baseline.log")
+
+
+# -- load -------------------------------------------------------------------------------------------
+async def run_load(url: str, dialect: str, requests: list, concurrency: int, headers: dict) -> dict:
+    queue = list(enumerate(requests))
+    latencies, statuses, tokens, pairs = [], Counter(), 0, 0
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal tokens, pairs
+        while queue:
+            _, (q, docs) = queue.pop(0)
+            path, body = BODIES[dialect](q, docs)
+            t = time.perf_counter()
+            try:
+                r = await client.post(path, json=body, headers=headers)
+                statuses[r.status_code] += 1
+                if r.status_code == 200:
+                    latencies.append(time.perf_counter() - t)
+                    pairs += len(docs)
+                    tokens += int(r.headers.get("x-compute-tokens", 0))
+            except httpx.HTTPError as exc:
+                statuses[type(exc).__name__] += 1
+
+    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+        warm = BODIES[dialect](*requests[0])
+        await client.post(warm[0], json=warm[1], headers=headers)
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    lat = sorted(latencies)
+    return {
+        "seconds": elapsed,
+        "requests": len(requests),
+        "pairs": pairs,
+        "pairs_per_s": pairs / elapsed,
+        "p50_ms": 1000 * statistics.median(lat) if lat else None,
+        "p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else None,
+        "statuses": {str(k): v for k, v in statuses.items()},
+        "server_tokens": tokens,
+    }
+
+
+def report(name: str, result: dict, useful_flops: float | None, peak: float | None) -> None:
+    line = (f"{name:>9}: {result['pairs_per_s']:7.2f} pairs/s  p50 {result['p50_ms'] or 0:8.1f} ms  "
+            f"p99 {result['p99_ms'] or 0:8.1f} ms  statuses {result['statuses']}")
+    if useful_flops:
+        gflops = useful_flops / result["seconds"] / 1e9
+        result["useful_gflops"] = gflops
+        line += f"  useful {gflops:6.1f} GFLOP/s"
+        if peak:
+            result["of_peak"] = gflops / peak
+            line += f" ({100 * gflops / peak:.0f}% of matmul peak)"
+    print(line, flush=True)
+
+
+# -- overhead ---------------------------------------------------------------------------------------
+def overhead(args: argparse.Namespace) -> dict:
+    """p50 of one HTTP request (10 short documents) minus p50 of the bare forward pass."""
+    import torch
+
+    from reranker_serve.config import Settings
+    from reranker_serve.device import Placement, configure_cpu_threads
+    from reranker_serve.models import EncodeOptions, load_model
+
+    docs = [f"short document number {i} about computers" for i in range(10)]
+    query = "digital computers"
+    configure_cpu_threads(0)
+    model = load_model(Settings(_env_file=None, model_path=args.model, max_length=args.max_length),
+                       Placement("cpu", torch.float32))
+    pairs = model.encode(query, docs, EncodeOptions(max_length=model.max_length))
+    bare = []
+    for _ in range(args.repeat):
+        t = time.perf_counter()
+        model.forward(pairs)
+        bare.append(time.perf_counter() - t)
+    del model
+    port = free_port()
+    args.set = (args.set or []) + ["dtype=float32"]
+    proc = start_ours(args, port)
+    try:
+        served = []
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+            for _ in range(5):
+                client.post("/rerank", json={"query": query, "documents": docs})
+            for _ in range(args.repeat):
+                t = time.perf_counter()
+                r = client.post("/rerank", json={"query": query, "documents": docs})
+                served.append(time.perf_counter() - t)
+                assert r.status_code == 200, r.text
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    b, s = statistics.median(bare) * 1000, statistics.median(served) * 1000
+    print(f"bare forward p50 {b:.2f} ms, served p50 {s:.2f} ms, overhead {s - b:.2f} ms")
+    return {"bare_forward_p50_ms": b, "served_p50_ms": s, "overhead_ms": s - b}
+
+
+# -- main -------------------------------------------------------------------------------------------
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--model", type=Path, help="model folder: start our server on it (and the baseline)")
+    ap.add_argument("--url", help="benchmark a server that is already running")
+    ap.add_argument("--baseline", action="store_true", help="also run the naive seed-style server, same model")
+    ap.add_argument("--overhead", action="store_true", help="measure server overhead over the bare forward pass")
+    ap.add_argument("--dialect", choices=sorted(BODIES), default="native")
+    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--docs", type=int, default=20, help="documents per request")
+    ap.add_argument("--requests", type=int, default=40)
+    ap.add_argument("--min-words", type=int, default=20)
+    ap.add_argument("--max-words", type=int, default=300)
+    ap.add_argument("--max-length", type=int, default=512)
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Vaswani-style TREC collection folder")
+    ap.add_argument("--text", help="a file with one document per line instead of --data")
+    ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="RERANKER_KEY for our server (repeatable)")
+    ap.add_argument("--api-key")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeat", type=int, default=50, help="--overhead: requests to time")
+    ap.add_argument("--logdir", type=Path, default=Path("/tmp"))
+    ap.add_argument("--json", type=Path, help="write the results here")
+    args = ap.parse_args()
+    if not args.model and not args.url:
+        ap.error("give --model (start servers) or --url (use a running one)")
+
+    out: dict = {"machine": machine(), "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:])}
+    print(f"machine: {out['machine']}")
+    if args.overhead:
+        out["overhead"] = overhead(args)
+    else:
+        requests = build_requests(args)
+        headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+        peak = useful = None
+        if args.model:
+            config = json.loads((args.model / "config.json").read_text())
+            lengths = pair_lengths(args.model, requests, args.max_length)
+            useful = sum(flops_per_pair(config, n) for n in lengths)
+            out["workload"] = {"pairs": len(lengths), "tokens": sum(lengths), "mean_tokens": sum(lengths) / len(lengths)}
+            print(f"workload: {len(requests)} requests x {args.docs} docs, {sum(lengths)} tokens "
+                  f"(mean {sum(lengths) / len(lengths):.0f}/pair), concurrency {args.concurrency}")
+        targets: list = [("server", None)] if args.url else [("ours", start_ours)]
+        if args.baseline and args.model:
+            targets.append(("baseline", start_baseline))
+        for name, starter in targets:
+            proc, url = None, args.url
+            if starter is not None:
+                port = free_port()
+                proc, url = starter(args, port), f"http://127.0.0.1:{port}"
+            try:
+                info = httpx.get(f"{url}/info", timeout=5).json() if name != "baseline" else {}
+            except (httpx.HTTPError, ValueError):
+                info = {}
+            dtype = info.get("dtype") or "float32"
+            peak = matmul_rate(dtype) if args.model else None
+            dialect = args.dialect if name != "baseline" else "native"
+            result = asyncio.run(run_load(url, dialect, requests, args.concurrency, headers))
+            result.update(dtype=dtype, matmul_gflops=peak)
+            report(name, result, useful, peak)
+            out[name] = result
+            if proc is not None:
+                proc.terminate()
+                proc.wait(60)
+        if "ours" in out and "baseline" in out:
+            ratio = out["ours"]["pairs_per_s"] / out["baseline"]["pairs_per_s"]
+            out["ratio"] = ratio
+            print(f"ours / baseline throughput: {ratio:.2f}x")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
