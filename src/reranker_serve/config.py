@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     # --- engine ---------------------------------------------------------------------------
     batch_size: int = Field(32, ge=1, le=4096, description="Most pairs in one forward pass.")
     max_batch_tokens: int = Field(
-        8192, ge=64, description="Most padded tokens in one forward pass (pairs × longest pair)."
+        0, ge=0, description="Most padded tokens in one forward pass (pairs × longest pair); 0: per device."
     )
     max_queue: int = Field(4096, ge=1, description="Most pairs waiting for the model; beyond it requests get 429.")
     request_timeout: float = Field(60.0, gt=0, description="Seconds a request may wait and run before 504.")

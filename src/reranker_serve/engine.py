@@ -34,6 +34,12 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
+def default_batch_tokens(device: str) -> int:
+    # Measured (docs/benchmarks.md): on CPU, 1-2k-token batches beat 4k by 25% and 8k by 50%
+    # (attention and activations stay in cache); a GPU wants large batches to fill its cores.
+    return 16384 if device.startswith("cuda") else 2048
+
+
 class Engine:
     def __init__(self, model: ScoringModel, settings: Settings, *, load_seconds: float = 0.0) -> None:
         self.model = model
@@ -41,7 +47,7 @@ class Engine:
         self.load_seconds = load_seconds
         self.batcher = Batcher(
             model.forward,
-            max_batch_tokens=settings.max_batch_tokens,
+            max_batch_tokens=settings.max_batch_tokens or default_batch_tokens(model.device),
             max_batch_size=settings.batch_size,
             max_queue=settings.max_queue,
             batch_wait=settings.batch_wait_ms / 1000.0,

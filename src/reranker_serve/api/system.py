@@ -72,7 +72,7 @@ async def info(reranker: RerankerDep, settings: SettingsDep) -> Info:
         max_length=max_length,
         max_documents=settings.max_documents,
         batch_size=settings.batch_size,
-        max_batch_tokens=settings.max_batch_tokens,
+        max_batch_tokens=engine.batcher.max_batch_tokens if engine else settings.max_batch_tokens,
         max_queue=settings.max_queue,
         version=__version__,
         model_id=reranker.model_id,
