@@ -6,9 +6,10 @@ Exit codes: 0 after a clean shutdown, 1 when the model failed to load, 2 for bad
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
-from .config import ConfigError, Settings, apply_offline_environment, load_settings
+from .config import ConfigError, apply_offline_environment, load_settings
 
 __all__ = ["main"]
 
@@ -27,13 +28,6 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _configure_logging(settings: Settings) -> None:
-    from loguru import logger
-
-    logger.remove()
-    logger.add(sys.stderr, level=settings.log_level.upper(), backtrace=False, diagnose=False)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     overrides = {
@@ -49,11 +43,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # Before the model libraries are imported: huggingface_hub reads HF_HUB_OFFLINE once.
     apply_offline_environment(settings)
-    _configure_logging(settings)
+    from .observability import configure_logging
+
+    configure_logging(level=settings.log_level, fmt=settings.log_format)
 
     import uvicorn
 
-    common = dict(host=settings.host, port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=30)
+    # log_config=None: uvicorn's loggers propagate to ours instead of getting their own handlers.
+    common = dict(host=settings.host, port=settings.port, log_level=settings.log_level, log_config=None,
+                  timeout_graceful_shutdown=settings.shutdown_timeout)
     if settings.workers > 1 or args.reload:
         # Several processes (or the reloader) need an import string; each reads RERANKER_* itself.
         if overrides:
@@ -77,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
             server.should_exit = True
 
     server = uvicorn.Server(uvicorn.Config(create_app(settings, on_load_failure=stop_on_load_failure), **common))
+    # uvicorn drains and then re-raises the SIGTERM it caught, restoring the handler that was
+    # there before it started. A drained shutdown is a clean one: let that re-raise land on a
+    # no-op so the process exits 0 (systemd, daemon.sh and orchestrators read exit codes).
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     server.run()
     if failures:
         print(f"reranker-serve: model failed to load: {failures[0]}", file=sys.stderr)

@@ -13,12 +13,14 @@ from typing import AsyncIterator, Callable
 
 import anyio
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from loguru import logger
 
 from . import __version__
 from .api import cohere, jina, native, system
 from .config import Settings, load_settings
 from .engine import Engine
+from .observability import Metrics, RequestContextMiddleware
 from .service import Reranker
 
 __all__ = ["create_app"]
@@ -33,8 +35,7 @@ async def _load_in_background(reranker: Reranker, on_failure: Callable[[str], No
         if on_failure is not None:
             on_failure(str(exc))
         return
-    engine.start()
-    reranker.engine = engine
+    reranker.attach(engine)
 
 
 def create_app(
@@ -49,12 +50,10 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        reranker = Reranker(settings, engine)
+        reranker = Reranker(settings, engine, metrics=metrics)
         app.state.reranker = reranker
         loader = None
-        if engine is not None:
-            engine.start()
-        else:
+        if engine is None:
             loader = asyncio.create_task(_load_in_background(reranker, on_load_failure))
         try:
             yield
@@ -64,13 +63,18 @@ def create_app(
             if reranker.engine is not None:
                 await anyio.to_thread.run_sync(reranker.engine.stop)
 
-    app = FastAPI(
+    metrics = Metrics()
+    # FastAPIOffline: Swagger UI and ReDoc from assets bundled in the package, not a CDN, so
+    # /docs renders on an air-gapped machine.
+    app = FastAPIOffline(
         title="reranker-serve",
         version=__version__,
         summary="Cross-encoder reranking behind the native, TEI, Cohere and Jina rerank APIs.",
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.metrics = metrics
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
     for module in (native, cohere, jina, system):
         app.include_router(module.router)
     return app

@@ -92,6 +92,8 @@ class Batcher:
         self.max_queue = max_queue
         self._batch_wait = batch_wait
         self._is_oom = is_oom
+        # Told (pairs, padded tokens) of every forward pass; the app points it at its metrics.
+        self.on_batch: Callable[[int, int], None] | None = None
         self._cond = threading.Condition()
         self._jobs: list[_Job] = []  # admission order
         self._queued = 0  # pairs admitted and not yet scored or dropped
@@ -222,6 +224,8 @@ class Batcher:
         self._pairs_per_s = rate if self._pairs_per_s == 0 else 0.8 * self._pairs_per_s + 0.2 * rate
         self.batches += 1
         self.pairs_scored += len(batch)
+        if self.on_batch is not None:
+            self.on_batch(len(batch), len(batch) * max(len(job.pairs[i]) for job, i in batch))
         done = []
         with self._cond:
             self._queued -= len(batch)

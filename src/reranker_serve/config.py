@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port).")
     workers: int = Field(1, ge=1, le=64, description="Server processes; each loads its own model copy.")
     log_level: Literal["trace", "debug", "info", "warning", "error", "critical"] = "info"
+    log_format: Literal["text", "json"] = Field("text", description="Log lines as text or as JSON objects.")
     api_key: str | None = Field(None, description="When set, rerank routes need `Authorization: Bearer KEY`.")
 
     # --- model --------------------------------------------------------------------------
@@ -61,12 +62,15 @@ class Settings(BaseSettings):
     batch_wait_ms: float = Field(
         0.0, ge=0, le=1000, description="Extra wait for more pairs when a batch is not full (0: none)."
     )
+    shutdown_timeout: float = Field(
+        30.0, gt=0, description="Seconds in-flight requests get to finish after SIGTERM."
+    )
     num_threads: int = Field(0, ge=0, description="torch intra-op threads on CPU (0: one per core).")
 
     # --- limits ---------------------------------------------------------------------------
     max_documents: int = Field(1000, ge=1, description="Most documents in one request.")
 
-    @field_validator("log_level", mode="before")
+    @field_validator("log_level", "log_format", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
@@ -156,3 +160,4 @@ def apply_offline_environment(settings: Settings) -> None:
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

@@ -17,6 +17,7 @@ from typing import Literal, Sequence
 from .config import Settings
 from .engine import Engine
 from .errors import ErrorKind, RerankError
+from .observability import Metrics
 
 __all__ = ["Ranked", "RerankQuery", "RerankResult", "Reranker"]
 
@@ -57,10 +58,21 @@ def _invalid(message: str) -> RerankError:
 class Reranker:
     """Owns the (possibly still loading) engine and ranks documents with it."""
 
-    def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
+    def __init__(self, settings: Settings, engine: Engine | None = None, *, metrics: Metrics | None = None) -> None:
         self.settings = settings
-        self.engine = engine
+        self.metrics = metrics or Metrics()
         self.load_error: str | None = None
+        self.engine: Engine | None = None
+        if engine is not None:
+            self.attach(engine)
+
+    def attach(self, engine: Engine) -> None:
+        """Start serving with a loaded engine (its batches feed the metrics)."""
+        engine.batcher.on_batch = self.metrics.observe_batch
+        self.metrics.queue_depth.set_function(lambda: engine.batcher.queued_pairs)
+        self.metrics.model_load.set(engine.load_seconds)
+        engine.start()
+        self.engine = engine
 
     @property
     def model_id(self) -> str:
@@ -99,6 +111,10 @@ class Reranker:
             truncate=q.truncate, truncation_direction=q.truncation_direction, max_doc_tokens=q.max_tokens_per_doc
         )
         scored = await engine.score(q.query, q.documents, options)
+        self.metrics.documents.inc(n)
+        self.metrics.tokens.inc(scored.tokens)
+        self.metrics.queue_wait.observe(scored.queue_time)
+        self.metrics.inference.observe(scored.inference_time)
         raw = scored.raw
         if any(not math.isfinite(x) for x in raw):
             raise RerankError(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Response, Security
+from fastapi import APIRouter, Body, Request, Response, Security
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
 
@@ -160,8 +160,10 @@ router = APIRouter(route_class=dialect_route(render_error), tags=["native / TEI"
     summary="Rerank documents (native shape, or TEI's when the body has `texts`)",
 )
 async def rerank(
-    body: Annotated[RerankBody, Body()], reranker: RerankerDep, response: Response
+    body: Annotated[RerankBody, Body()], reranker: RerankerDep, request: Request, response: Response
 ) -> NativeRerankResponse | list[TEIRank]:
+    if isinstance(body, TEIRerankRequest):
+        request.state.dialect = "tei"  # for metrics and logs: same path, other dialect
     result = await reranker.rerank(body.to_query())
     response.headers.update(timing_headers(result))
     return body.reply(result)

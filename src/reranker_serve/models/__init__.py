@@ -28,6 +28,10 @@ def load_model(settings: Settings, placement: Placement) -> ScoringModel:
     # tests and `--help` should not pay for it.
     from sentence_transformers import CrossEncoder
     from transformers import AutoConfig
+    from transformers.utils import logging as hf_logging
+
+    # A server's log is lines, not progress bars (they would break JSON logs too).
+    hf_logging.disable_progress_bar()
 
     source = settings.model_source
     offline = settings.use_offline_mode
