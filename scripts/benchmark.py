@@ -237,7 +237,7 @@ def overhead(args: argparse.Namespace) -> dict:
     args.set = (args.set or []) + ["dtype=float32"]
     proc = start_ours(args, port)
     try:
-        served = []
+        served, server_total, server_inference = [], [], []
         with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
             for _ in range(5):
                 client.post("/rerank", json={"query": query, "documents": docs})
@@ -246,12 +246,17 @@ def overhead(args: argparse.Namespace) -> dict:
                 r = client.post("/rerank", json={"query": query, "documents": docs})
                 served.append(time.perf_counter() - t)
                 assert r.status_code == 200, r.text
+                server_total.append(float(r.headers["x-total-time"]))
+                server_inference.append(float(r.headers["x-inference-time"]))
     finally:
         proc.terminate()
         proc.wait(30)
     b, s = statistics.median(bare) * 1000, statistics.median(served) * 1000
-    print(f"bare forward p50 {b:.2f} ms, served p50 {s:.2f} ms, overhead {s - b:.2f} ms")
-    return {"bare_forward_p50_ms": b, "served_p50_ms": s, "overhead_ms": s - b}
+    st, si = statistics.median(server_total), statistics.median(server_inference)
+    print(f"bare forward p50 {b:.2f} ms | client-observed p50 {s:.2f} ms (overhead {s - b:.2f} ms) | "
+          f"server-side X-Total-Time p50 {st:.2f} ms, of which forward {si:.2f} ms (overhead {st - b:.2f} ms)")
+    return {"bare_forward_p50_ms": b, "served_p50_ms": s, "overhead_ms": s - b,
+            "server_total_p50_ms": st, "server_inference_p50_ms": si, "server_overhead_ms": st - b}
 
 
 # -- main -------------------------------------------------------------------------------------------

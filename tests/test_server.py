@@ -191,3 +191,37 @@ def test_openapi_documents_every_route_and_error_shape(client):
     for path in ("/health", "/ready", "/info"):
         assert path in spec["paths"]
     assert client.get("/docs").status_code == 200
+
+
+def test_body_larger_than_the_limit_is_413_before_parsing(serve):
+    srv = serve(max_request_bytes=4096)
+    big = {"query": QUERY, "documents": ["word " * 1000]}
+    r = srv.client.post("/rerank", json=big)
+    assert r.status_code == 413 and "RERANKER_MAX_REQUEST_BYTES" in r.json()["error"]
+
+    def chunks():  # no Content-Length: the limit holds while streaming too
+        yield b'{"query": "q", "documents": ["'
+        for _ in range(100):
+            yield b"x" * 100
+        yield b'"]}'
+
+    r = srv.client.post("/v2/rerank", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "larger than 4096 bytes" in r.json()["message"]
+    assert srv.client.post("/rerank", json={"query": QUERY, "documents": DOCS}).status_code == 200
+
+
+def test_huge_documents_are_cut_before_tokenizing(client, reference):
+    doc = "Paris is the capital of France. " * 20_000  # 640 kB of text
+    r = client.post("/rerank", json={"query": QUERY, "documents": [doc], "raw_scores": True})
+    assert r.status_code == 200
+    assert r.json()["results"][0]["relevance_score"] == pytest.approx(reference.logits(QUERY, [doc[:8000]])[0], abs=1e-5)
+
+
+def test_cors_is_off_unless_configured(client, serve):
+    preflight = {"Origin": "http://app.example", "Access-Control-Request-Method": "POST"}
+    assert "access-control-allow-origin" not in client.options("/rerank", headers=preflight).headers
+    srv = serve(cors_origins=["http://app.example"])
+    r = srv.client.options("/rerank", headers=preflight)
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://app.example"
+    other = srv.client.options("/rerank", headers={**preflight, "Origin": "http://evil.example"})
+    assert "access-control-allow-origin" not in other.headers

@@ -13,6 +13,7 @@ from typing import AsyncIterator, Callable
 
 import anyio
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 from loguru import logger
 
@@ -74,6 +75,11 @@ def create_app(
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    if settings.cors_origins:  # off unless configured: a browser page should not call us by default
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+        )
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     for module in (native, cohere, jina, system):
         app.include_router(module.router)

@@ -6,12 +6,14 @@ the code reads the environment, so tests construct their own ``Settings(...)``.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
 
@@ -69,6 +71,12 @@ class Settings(BaseSettings):
 
     # --- limits ---------------------------------------------------------------------------
     max_documents: int = Field(1000, ge=1, description="Most documents in one request.")
+    max_request_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Largest request body; larger ones get 413 before parsing."
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Origins allowed by CORS (comma-separated or JSON list); empty: CORS off."
+    )
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
@@ -82,6 +90,19 @@ class Settings(BaseSettings):
             return value
         value = value.strip().lower()
         return {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}.get(value, value)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    return json.loads(text)
+                except json.JSONDecodeError:
+                    raise ValueError("starts with '[' but is not a JSON list of origins") from None
+            return [o.strip() for o in text.split(",") if o.strip()]
+        return value
 
     @field_validator("api_key", "served_model_name", "model_path", mode="before")
     @classmethod
@@ -148,6 +169,9 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError(f"invalid configuration: {describe_validation_error(exc)}") from None
+    except SettingsError as exc:  # a value pydantic-settings could not even decode (e.g. bad JSON)
+        cause = f": {exc.__cause__}" if exc.__cause__ else ""
+        raise ConfigError(f"invalid configuration: {exc}{cause}") from None
 
 
 def apply_offline_environment(settings: Settings) -> None:

@@ -100,6 +100,25 @@ def _check_content_type(request: Request) -> None:
         )
 
 
+async def _read_body(request: Request, limit: int) -> None:
+    """Read the body, refusing it (413) as soon as it is known to exceed ``limit`` bytes."""
+    declared = request.headers.get("content-length", "")
+    too_large = RerankError(
+        ErrorKind.PAYLOAD_TOO_LARGE,
+        f"the request body is larger than {limit} bytes (RERANKER_MAX_REQUEST_BYTES); send fewer or shorter documents",
+    )
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large  # before reading a byte of it
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    # Starlette's documented place for a body read ahead of the handler; FastAPI reuses it.
+    request._body = b"".join(chunks)
+
+
 async def _until_disconnect(request: Request) -> None:
     # The body is already read, so the next ASGI message can only be the disconnect.
     while True:
@@ -134,7 +153,8 @@ def dialect_route(render: ErrorRenderer) -> type[APIRoute]:
                 try:
                     _check_api_key(request)
                     _check_content_type(request)
-                    await request.body()  # read now, so only the disconnect is left to receive
+                    # Read now (bounded), so only the disconnect is left to receive.
+                    await _read_body(request, request.app.state.settings.max_request_bytes)
                     response = await _cancel_on_disconnect(request, handler(request))
                 except RerankError as exc:
                     response = render(exc)
