@@ -12,13 +12,14 @@ from contextlib import asynccontextmanager
 from typing import AsyncIterator, Callable
 
 import anyio
-from fastapi import FastAPI
+from fastapi import FastAPI, Security
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 from loguru import logger
 
 from . import __version__
 from .api import cohere, jina, native, system
+from .api.common import bearer_scheme
 from .config import Settings, load_settings
 from .engine import Engine
 from .observability import Metrics, RequestContextMiddleware
@@ -81,6 +82,10 @@ def create_app(
             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
         )
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
-    for module in (native, cohere, jina, system):
-        app.include_router(module.router)
+    # The key requirement appears in the OpenAPI schema only when a key is configured, so the
+    # schema describes this server as it runs (generated tests hold it to that).
+    secured = [Security(bearer_scheme)] if settings.api_key else []
+    for module in (native, cohere, jina):
+        app.include_router(module.router, dependencies=secured)
+    app.include_router(system.router)
     return app

@@ -14,22 +14,25 @@ from __future__ import annotations
 
 import math
 import uuid
-from typing import Any, Sequence
+from typing import Annotated, Any, Sequence
 
-from fastapi import APIRouter, Response, Security
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, WithJsonSchema
 
 from ..errors import ErrorKind, RerankError
 from ..service import RerankQuery, RerankResult
 from .common import (
-    Usage, bearer_scheme, dialect_route, document_texts, error_responses, timing_headers,
+    JsonInt, NON_BLANK, NON_EMPTY, Usage, dialect_route, document_texts, error_responses, timing_headers,
 )
 from .deps import RerankerDep
 
 __all__ = ["router"]
 
-Document = str | dict[str, Any]
+# An object must carry `text` unless rank_fields names other fields; the schema states the
+# common case, the service checks the exact rule (with a message naming the document).
+Document = str | Annotated[dict[str, Any], WithJsonSchema({"type": "object", "required": ["text"],
+                                                          "additionalProperties": True})]
 
 
 # -- requests --------------------------------------------------------------------------------------
@@ -37,11 +40,13 @@ class _CohereRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = Field(None, description="Accepted for compatibility; the served model answers.")
-    query: str = Field(examples=["What is the capital of the United States?"])
-    documents: list[Document] = Field(description="Strings, or objects with a `text` field (see rank_fields).")
-    top_n: int | None = Field(None, description="Return the best N; null, 0 or more than the documents: all.")
+    query: str = Field(examples=["What is the capital of the United States?"], json_schema_extra=NON_BLANK)
+    documents: list[Document] = Field(
+        description="Strings, or objects with a `text` field (see rank_fields).", json_schema_extra=NON_EMPTY
+    )
+    top_n: JsonInt | None = Field(None, json_schema_extra={"minimum": 0}, description="Return the best N; null, 0 or more than the documents: all.")
     rank_fields: list[str] | None = Field(None, description="Object fields to rank on (default: `text`).")
-    return_documents: bool = Field(False, description="Include each document in the results.")
+    return_documents: StrictBool = Field(False, description="Include each document in the results.")
 
     def _query(self, **extra: Any) -> RerankQuery:
         return RerankQuery(
@@ -61,14 +66,14 @@ class _CohereRequest(BaseModel):
 
 
 class CohereV1RerankRequest(_CohereRequest):
-    max_chunks_per_doc: int | None = Field(None, ge=1, description="Accepted; long documents are truncated.")
+    max_chunks_per_doc: JsonInt | None = Field(None, ge=1, json_schema_extra={"minimum": 1}, description="Accepted; long documents are truncated.")
 
     def to_query(self) -> RerankQuery:
         return self._query()
 
 
 class CohereV2RerankRequest(_CohereRequest):
-    max_tokens_per_doc: int | None = Field(None, description="Truncate each document to this many tokens.")
+    max_tokens_per_doc: JsonInt | None = Field(None, json_schema_extra={"minimum": 1}, description="Truncate each document to this many tokens.")
 
     def to_query(self) -> RerankQuery:
         return self._query(max_tokens_per_doc=self.max_tokens_per_doc)
@@ -149,7 +154,7 @@ def render_error(exc: RerankError) -> Response:
 
 
 # -- routes ----------------------------------------------------------------------------------------
-router = APIRouter(route_class=dialect_route(render_error), tags=["Cohere"], dependencies=[Security(bearer_scheme)])
+router = APIRouter(route_class=dialect_route(render_error), tags=["Cohere"])
 _ERRORS: Sequence[int] = (400, 401, 429, 500, 503, 504)
 
 

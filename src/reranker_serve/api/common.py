@@ -12,12 +12,13 @@ import json
 import secrets
 import time
 from http import HTTPStatus
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Annotated, Any, Awaitable, Callable, Sequence
 
-from fastapi import HTTPException, Request, Response
+from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from loguru import logger
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
+from starlette.exceptions import HTTPException
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
 
@@ -25,14 +26,14 @@ from ..errors import ErrorKind, RerankError
 from ..service import RerankResult
 
 __all__ = [
-    "ErrorRenderer", "TextDocument", "Usage", "bearer_scheme", "describe_validation", "dialect_route",
+    "NON_BLANK", "NON_EMPTY", "ErrorRenderer", "JsonInt", "TextDocument", "Usage", "bearer_scheme", "describe_validation", "dialect_route",
     "document_texts", "error_responses", "timing_headers",
 ]
 
 ErrorRenderer = Callable[[RerankError], Response]
 
-# Declared on the routes so /docs shows the lock; the check itself runs in the route class,
-# before the body is parsed, so a request without a key never learns about body errors.
+# Declared on the rerank routes when a key is set, so /docs shows the lock; the check itself runs
+# in the route class, before the body is parsed, so a request without a key learns nothing more.
 bearer_scheme = HTTPBearer(auto_error=False, description="Needed when RERANKER_API_KEY is set.")
 
 
@@ -160,8 +161,10 @@ def dialect_route(render: ErrorRenderer) -> type[APIRoute]:
                     response = render(exc)
                 except RequestValidationError as exc:
                     response = render(RerankError(ErrorKind.VALIDATION, describe_validation(exc.errors())))
-                except HTTPException as exc:  # FastAPI's own body errors (e.g. unreadable form data)
-                    response = render(RerankError(ErrorKind.VALIDATION, str(exc.detail)))
+                except HTTPException as exc:  # FastAPI's own body errors: bytes that are not UTF-8 JSON
+                    detail = "the request body could not be decoded: send UTF-8 encoded JSON"
+                    response = render(RerankError(ErrorKind.VALIDATION, detail if exc.status_code == 400 else
+                                                  str(exc.detail)))
                 except Exception as exc:  # a bug of ours: still a reply in the client's shape
                     logger.opt(exception=exc).error("unhandled error on {}", request.url.path)
                     response = render(RerankError(ErrorKind.INTERNAL, f"internal error ({type(exc).__name__})"))
@@ -183,6 +186,21 @@ def timing_headers(result: RerankResult) -> dict[str, str]:
 
 
 # -- pieces of the wire formats that several dialects share -------------------------------------
+# Constraints the service enforces with its own messages (service.py), also written into the
+# OpenAPI schema so that generated clients and tests know them.
+NON_BLANK = {"minLength": 1, "pattern": r"\S"}
+NON_EMPTY = {"minItems": 1}
+
+
+def _json_integer(value: Any) -> Any:
+    # JSON Schema's integer: 3 and 3.0 yes (JSON has one number type), "3", true and 3.5 no.
+    if isinstance(value, (bool, str)):
+        raise ValueError("Input should be a valid integer")
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
+
 class Usage(BaseModel):
     total_tokens: int = Field(description="Tokens fed to the model for this request, special tokens included.")
 

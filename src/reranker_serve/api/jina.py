@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Response, Security
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, StrictBool, Field
 
 from ..errors import RerankError
 from ..service import RerankQuery, RerankResult
-from .common import TextDocument, Usage, bearer_scheme, dialect_route, error_responses, timing_headers
+from .common import JsonInt, NON_BLANK, NON_EMPTY, TextDocument, Usage, dialect_route, error_responses, timing_headers
 from .deps import RerankerDep
 
 __all__ = ["router"]
@@ -26,14 +26,19 @@ class JinaDocument(BaseModel):
     text: str
 
 
+class JinaQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    text: str = Field(json_schema_extra=NON_BLANK)
+
+
 class JinaRerankRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = Field(None, examples=["jina-reranker-v2-base-multilingual"])
-    query: Annotated[str, Field(examples=["Organic skincare products for sensitive skin"])] | JinaDocument
-    documents: list[str | JinaDocument]
-    top_n: int | None = Field(None, description="Return the best N; null, 0 or more than the documents: all.")
-    return_documents: bool = Field(True, description="Include each document as {text} (Jina's default: true).")
+    query: Annotated[str, Field(examples=["Organic skincare products for sensitive skin"], json_schema_extra=NON_BLANK)] | JinaQuery
+    documents: list[str | JinaDocument] = Field(json_schema_extra=NON_EMPTY)
+    top_n: JsonInt | None = Field(None, json_schema_extra={"minimum": 0}, description="Return the best N; null, 0 or more than the documents: all.")
+    return_documents: StrictBool = Field(True, description="Include each document as {text} (Jina's default: true).")
 
     def to_query(self) -> RerankQuery:
         query = self.query if isinstance(self.query, str) else self.query.text
@@ -90,7 +95,6 @@ router = APIRouter(route_class=dialect_route(render_error), tags=["Jina"])
     response_model=JinaRerankResponse,
     response_model_exclude_none=True,
     responses=error_responses(JinaErrorResponse, statuses=(401, 413, 422, 429, 500, 503, 504)),
-    dependencies=[Security(bearer_scheme)],
     summary="Rerank documents (Jina AI)",
 )
 async def rerank(body: JinaRerankRequest, reranker: RerankerDep, response: Response) -> JinaRerankResponse:

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Request, Response, Security
+from fastapi import APIRouter, Body, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
+from pydantic import BaseModel, ConfigDict, StrictBool, Discriminator, Field, Tag, field_validator
 
 from ..errors import ErrorKind, RerankError
 from ..service import RerankQuery, RerankResult
-from .common import TextDocument, Usage, bearer_scheme, dialect_route, error_responses, timing_headers
+from .common import JsonInt, NON_BLANK, NON_EMPTY, TextDocument, Usage, dialect_route, error_responses, timing_headers
 from .deps import RerankerDep
 
 __all__ = ["router"]
@@ -29,11 +29,12 @@ class NativeRerankRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = Field(None, description="Accepted for compatibility; the served model answers.")
-    query: str = Field(description="The search query.", examples=["What is the capital of France?"])
-    documents: list[str] = Field(description="Candidate documents, as plain strings.")
-    top_n: int | None = Field(None, description="Return the best N; null, 0 or more than the documents: all.")
-    return_documents: bool = Field(False, description="Include each document's text in the results.")
-    raw_scores: bool = Field(False, description="Return raw logits instead of sigmoid-normalised scores.")
+    query: str = Field(description="The search query.", examples=["What is the capital of France?"],
+                       json_schema_extra=NON_BLANK)
+    documents: list[str] = Field(description="Candidate documents, as plain strings.", json_schema_extra=NON_EMPTY)
+    top_n: JsonInt | None = Field(None, json_schema_extra={"minimum": 0}, description="Return the best N; null, 0 or more than the documents: all.")
+    return_documents: StrictBool = Field(False, description="Include each document's text in the results.")
+    raw_scores: StrictBool = Field(False, description="Return raw logits instead of sigmoid-normalised scores.")
 
     def to_query(self) -> RerankQuery:
         return RerankQuery(
@@ -80,12 +81,12 @@ class NativeRerankResponse(BaseModel):
 class TEIRerankRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    query: str = Field(examples=["What is Deep Learning?"])
-    texts: list[str] = Field(examples=[["Deep Learning is not...", "Deep learning is..."]])
-    truncate: bool | None = Field(None, description="Cut over-long inputs (null: the server default, true).")
+    query: str = Field(examples=["What is Deep Learning?"], json_schema_extra=NON_BLANK)
+    texts: list[str] = Field(examples=[["Deep Learning is not...", "Deep learning is..."]], json_schema_extra=NON_EMPTY)
+    truncate: StrictBool | None = Field(None, description="Cut over-long inputs (null: the server default, true).")
     truncation_direction: Literal["right", "left"] = "right"
-    raw_scores: bool = False
-    return_text: bool = False
+    raw_scores: StrictBool = False
+    return_text: StrictBool = False
 
     @field_validator("truncation_direction", mode="before")
     @classmethod
@@ -156,7 +157,6 @@ router = APIRouter(route_class=dialect_route(render_error), tags=["native / TEI"
     response_model=NativeRerankResponse | list[TEIRank],
     response_model_exclude_none=True,
     responses=error_responses(TEIErrorResponse, statuses=(401, 413, 422, 429, 500, 503, 504)),
-    dependencies=[Security(bearer_scheme)],
     summary="Rerank documents (native shape, or TEI's when the body has `texts`)",
 )
 async def rerank(
