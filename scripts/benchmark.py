@@ -127,14 +127,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(cmd: list[str], env: dict, url: str, log: Path) -> subprocess.Popen:
+def start(cmd: list[str], env: dict, url: str, log: Path, ready_path: str = "/ready") -> subprocess.Popen:
     proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"server exited: see {log}")
         try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+            if httpx.get(f"{url}{ready_path}", timeout=2).status_code == 200:
                 return proc
         except httpx.HTTPError:
             pass
@@ -157,6 +157,15 @@ def start_baseline(args: argparse.Namespace, port: int) -> subprocess.Popen:
     cmd = [sys.executable, str(ROOT / "scripts" / "naive_server.py"), "--model", str(args.model), "--port", str(port),
            "--max-length", str(args.max_length)]
     return start(cmd, dict(os.environ), f"http://127.0.0.1:{port}", args.logdir / "baseline.log")
+
+
+def start_infinity(args: argparse.Namespace, port: int) -> subprocess.Popen:
+    """infinity-emb from its own venv (it pins other transformers / sentence-transformers)."""
+    env = dict(os.environ, INFINITY_ANONYMOUS_USAGE_STATS="0", DO_NOT_TRACK="1", HF_HUB_OFFLINE="1")
+    cmd = [str(args.infinity / "bin" / "infinity_emb"), "v2", "--model-id", str(args.model),
+           "--served-model-name", "m", "--engine", "torch", "--device", "cpu", "--dtype", args.infinity_dtype,
+           "--batch-size", "32", "--host", "127.0.0.1", "--port", str(port)]
+    return start(cmd, env, f"http://127.0.0.1:{port}", args.logdir / "infinity.log", ready_path="/health")
 
 
 # -- load -------------------------------------------------------------------------------------------
@@ -265,6 +274,9 @@ def main() -> int:
     ap.add_argument("--model", type=Path, help="model folder: start our server on it (and the baseline)")
     ap.add_argument("--url", help="benchmark a server that is already running")
     ap.add_argument("--baseline", action="store_true", help="also run the naive seed-style server, same model")
+    ap.add_argument("--infinity", type=Path, metavar="VENV",
+                    help="also run infinity-emb from this venv (pip install 'infinity-emb[server,torch]')")
+    ap.add_argument("--infinity-dtype", default="float32", help="infinity's --dtype (bfloat16 only with AMX)")
     ap.add_argument("--overhead", action="store_true", help="measure server overhead over the bare forward pass")
     ap.add_argument("--dialect", choices=sorted(BODIES), default="native")
     ap.add_argument("--concurrency", type=int, default=4)
@@ -303,18 +315,20 @@ def main() -> int:
         targets: list = [("server", None)] if args.url else [("ours", start_ours)]
         if args.baseline and args.model:
             targets.append(("baseline", start_baseline))
+        if args.infinity and args.model:
+            targets.append(("infinity", start_infinity))
         for name, starter in targets:
             proc, url = None, args.url
             if starter is not None:
                 port = free_port()
                 proc, url = starter(args, port), f"http://127.0.0.1:{port}"
             try:
-                info = httpx.get(f"{url}/info", timeout=5).json() if name != "baseline" else {}
+                info = httpx.get(f"{url}/info", timeout=5).json() if name in ("ours", "server") else {}
             except (httpx.HTTPError, ValueError):
                 info = {}
-            dtype = info.get("dtype") or "float32"
+            dtype = info.get("dtype") or (args.infinity_dtype if name == "infinity" else "float32")
             peak = matmul_rate(dtype) if args.model else None
-            dialect = args.dialect if name != "baseline" else "native"
+            dialect = args.dialect if name in ("ours", "server") else "native"
             result = asyncio.run(run_load(url, dialect, requests, args.concurrency, headers))
             result.update(dtype=dtype, matmul_gflops=peak)
             report(name, result, useful, peak)
@@ -322,10 +336,11 @@ def main() -> int:
             if proc is not None:
                 proc.terminate()
                 proc.wait(60)
-        if "ours" in out and "baseline" in out:
-            ratio = out["ours"]["pairs_per_s"] / out["baseline"]["pairs_per_s"]
-            out["ratio"] = ratio
-            print(f"ours / baseline throughput: {ratio:.2f}x")
+        for other in ("baseline", "infinity"):
+            if "ours" in out and other in out:
+                ratio = out["ours"]["pairs_per_s"] / out[other]["pairs_per_s"]
+                out[f"ratio_{other}"] = ratio
+                print(f"ours / {other} throughput: {ratio:.2f}x")
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
     return 0

@@ -181,3 +181,20 @@ async def test_close_fails_waiting_requests():
     assert info.value.kind is ErrorKind.NOT_READY
     with pytest.raises(RerankError, match="shutting down"):
         await batcher.submit(pairs(1), timeout=1)
+
+
+async def test_request_that_cannot_meet_its_deadline_is_refused_at_once():
+    model = FakeModel(delay=0.05)  # ~20 batches/s
+    batcher = make(model, max_batch_size=1, max_queue=1000)
+    await batcher.submit(pairs(1, 1), timeout=30)  # the batcher learns its rate (~20 pairs/s)
+    blocker = await hold(model, batcher)
+    backlog = asyncio.ensure_future(batcher.submit(pairs(*[1] * 40), timeout=30))  # ~2 s of work
+    await asyncio.sleep(0.01)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(RerankError) as info:
+        await batcher.submit(pairs(1), timeout=0.5)
+    assert info.value.kind is ErrorKind.OVERLOADED and "request timeout" in info.value.message
+    assert asyncio.get_running_loop().time() - started < 0.1  # refused, not left to time out
+    model.gate.set()
+    await asyncio.gather(backlog, blocker)
+    batcher.close()

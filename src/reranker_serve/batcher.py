@@ -140,6 +140,16 @@ class Batcher:
                     f"{len(pairs)} (queue limit {self.max_queue}); retry later",
                     retry_after=self._retry_after(),
                 )
+            # Admit only what can finish in time: a request that would sit in the queue past its
+            # deadline costs compute and still fails (504). Refusing it now keeps goodput up.
+            rate = self._pairs_per_s
+            if timeout is not None and rate > 0 and self._queued > 0 and (self._queued + len(pairs)) / rate > timeout:
+                raise RerankError(
+                    ErrorKind.OVERLOADED,
+                    f"the server is busy: the {self._queued} pairs ahead of this request need about "
+                    f"{self._queued / rate:.1f} s, more than the {timeout:g} s request timeout; retry later",
+                    retry_after=self._retry_after(),
+                )
             self._seq += 1
             job = _Job(pairs, loop, loop.create_future(), self._seq)
             self._jobs.append(job)
