@@ -29,6 +29,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["evaluate"]:  # `reranker-serve evaluate ...`: the evaluation harness
+        from .evaluation.harness import main as evaluate
+
+        return evaluate(argv[1:])
     args = _parse_args(argv)
     overrides = {
         key: value

@@ -57,7 +57,7 @@ def load_model(settings: Settings, placement: Placement) -> ScoringModel:
         cross_encoder = CrossEncoder(
             source,
             device=placement.device,
-            cache_folder=cache,
+            cache_folder=cache if settings.model_path is None else None,
             local_files_only=offline,
             max_length=settings.max_length,
             model_kwargs={"dtype": placement.dtype, "attn_implementation": "sdpa"},
