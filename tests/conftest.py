@@ -9,7 +9,6 @@ go over HTTP with the app's lifespan, middleware and error handling, as in produ
 from __future__ import annotations
 
 import math
-import socket
 import threading
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import uvicorn
 
 from reranker_serve.app import create_app
 from reranker_serve.config import Settings
+from procs import free_port
 
 CORPUS = [
     "The cat sat on the mat and looked at the dog.",
@@ -114,15 +114,9 @@ def reference(tiny_model: Path) -> Reference:
     return Reference(tiny_model)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class RunningServer:
     def __init__(self, app, *, wait_ready: bool = True) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
         self.server = uvicorn.Server(config)

@@ -175,9 +175,10 @@ def load_settings(**overrides: object) -> Settings:
 
 
 def apply_offline_environment(settings: Settings) -> None:
-    """Offline mode: make every Hugging Face library refuse the network, not just our calls.
+    """Offline mode: make every Hugging Face library refuse the network, not just our calls;
+    and in any mode: no hub telemetry, no progress bars in a server's log.
 
-    huggingface_hub reads HF_HUB_OFFLINE when it is first imported, so this runs before the
+    huggingface_hub reads these variables when it is first imported, so this runs before the
     model libraries are imported (in ``__main__``) and again before loading (harmless twice).
     """
     if settings.use_offline_mode:
