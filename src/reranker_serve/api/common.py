@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from loguru import logger
 from pydantic import BaseModel, BeforeValidator, Field
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
 
@@ -165,6 +166,8 @@ def dialect_route(render: ErrorRenderer) -> type[APIRoute]:
                     detail = "the request body could not be decoded: send UTF-8 encoded JSON"
                     response = render(RerankError(ErrorKind.VALIDATION, detail if exc.status_code == 400 else
                                                   str(exc.detail)))
+                except ClientDisconnect:  # gone while sending its body: nobody to answer
+                    response = Response(status_code=499)
                 except Exception as exc:  # a bug of ours: still a reply in the client's shape
                     logger.opt(exception=exc).error("unhandled error on {}", request.url.path)
                     response = render(RerankError(ErrorKind.INTERNAL, f"internal error ({type(exc).__name__})"))
