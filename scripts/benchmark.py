@@ -109,14 +109,15 @@ def flops_per_pair(config: dict, tokens: int) -> float:
     return 2 * dense * tokens + attention
 
 
-def pair_lengths(model: Path, requests: list[tuple[str, list[str]]], max_length: int) -> list[int]:
+def pair_lengths(model: Path, requests: list[tuple[str, list[str]]], max_length: int) -> list[list[int]]:
+    """Tokens of each pair, per request."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model)
     out = []
     for q, docs in requests:
         enc = tok([q] * len(docs), docs, truncation="only_second", max_length=max_length)
-        out += [len(ids) for ids in enc["input_ids"]]
+        out.append([len(ids) for ids in enc["input_ids"]])
     return out
 
 
@@ -171,12 +172,12 @@ def start_infinity(args: argparse.Namespace, port: int) -> subprocess.Popen:
 # -- load -------------------------------------------------------------------------------------------
 async def run_load(url: str, dialect: str, requests: list, concurrency: int, headers: dict) -> dict:
     queue = list(enumerate(requests))
-    latencies, statuses, tokens, pairs = [], Counter(), 0, 0
+    latencies, statuses, tokens, pairs, succeeded = [], Counter(), 0, 0, []
 
     async def worker(client: httpx.AsyncClient) -> None:
         nonlocal tokens, pairs
         while queue:
-            _, (q, docs) = queue.pop(0)
+            index, (q, docs) = queue.pop(0)
             path, body = BODIES[dialect](q, docs)
             t = time.perf_counter()
             try:
@@ -185,6 +186,7 @@ async def run_load(url: str, dialect: str, requests: list, concurrency: int, hea
                 if r.status_code == 200:
                     latencies.append(time.perf_counter() - t)
                     pairs += len(docs)
+                    succeeded.append(index)
                     tokens += int(r.headers.get("x-compute-tokens", 0))
             except httpx.HTTPError as exc:
                 statuses[type(exc).__name__] += 1
@@ -205,14 +207,16 @@ async def run_load(url: str, dialect: str, requests: list, concurrency: int, hea
         "p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else None,
         "statuses": {str(k): v for k, v in statuses.items()},
         "server_tokens": tokens,
+        "succeeded": sorted(succeeded),
     }
 
 
-def report(name: str, result: dict, useful_flops: float | None, peak: float | None) -> None:
+def report(name: str, result: dict, request_flops: list[float] | None, peak: float | None) -> None:
     line = (f"{name:>9}: {result['pairs_per_s']:7.2f} pairs/s  p50 {result['p50_ms'] or 0:8.1f} ms  "
             f"p99 {result['p99_ms'] or 0:8.1f} ms  statuses {result['statuses']}")
-    if useful_flops:
-        gflops = useful_flops / result["seconds"] / 1e9
+    if request_flops:
+        # Only answered requests count as useful work.
+        gflops = sum(request_flops[i] for i in result["succeeded"]) / result["seconds"] / 1e9
         result["useful_gflops"] = gflops
         line += f"  useful {gflops:6.1f} GFLOP/s"
         if peak:
@@ -307,8 +311,9 @@ def main() -> int:
         peak = useful = None
         if args.model:
             config = json.loads((args.model / "config.json").read_text())
-            lengths = pair_lengths(args.model, requests, args.max_length)
-            useful = sum(flops_per_pair(config, n) for n in lengths)
+            per_request = pair_lengths(args.model, requests, args.max_length)
+            useful = [sum(flops_per_pair(config, n) for n in lengths) for lengths in per_request]
+            lengths = [n for lengths in per_request for n in lengths]
             out["workload"] = {"pairs": len(lengths), "tokens": sum(lengths), "mean_tokens": sum(lengths) / len(lengths)}
             print(f"workload: {len(requests)} requests x {args.docs} docs, {sum(lengths)} tokens "
                   f"(mean {sum(lengths) / len(lengths):.0f}/pair), concurrency {args.concurrency}")
