@@ -30,7 +30,7 @@ class FakeModel:
 
     def encode(self, query: str, documents: Sequence[str], options: EncodeOptions) -> list[Pair]:
         # "document" text "7 7 7" -> ids [7, 7, 7]; the query is ignored.
-        return [Pair([int(t) for t in doc.split()]) for doc in documents]
+        return [Pair([int(t) for t in doc.split()], doc=i) for i, doc in enumerate(documents)]
 
     def forward(self, batch: Sequence[Pair]) -> list[float]:
         self.entered.set()

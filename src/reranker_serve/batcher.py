@@ -133,6 +133,12 @@ class Batcher:
         with self._cond:
             if self._closed:
                 raise RerankError(ErrorKind.NOT_READY, "the server is shutting down", retry_after=1)
+            if len(pairs) > self.max_queue:  # could never be admitted: retrying would not help
+                raise RerankError(
+                    ErrorKind.PAYLOAD_TOO_LARGE,
+                    f"this request needs {len(pairs)} (query, document) pairs, chunks included; the queue holds at "
+                    f"most {self.max_queue} (RERANKER_MAX_QUEUE): send fewer documents or chunks",
+                )
             if self._queued + len(pairs) > self.max_queue:
                 raise RerankError(
                     ErrorKind.OVERLOADED,

@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     )
     num_threads: int = Field(0, ge=0, description="torch intra-op threads on CPU (0: one per core).")
 
+    max_chunks_per_doc: int = Field(
+        1, ge=1, le=100, description="Windows a long document is split into, scored by its best (1: truncate)."
+    )
+    chunk_overlap: int = Field(32, ge=0, description="Tokens shared by consecutive windows of a chunked document.")
+
     # --- limits ---------------------------------------------------------------------------
     max_documents: int = Field(1000, ge=1, description="Most documents in one request.")
     max_request_bytes: int = Field(

@@ -6,6 +6,7 @@ returns raw logits with token counts; the service turns those into ranked result
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -89,7 +90,13 @@ class Engine:
         self.batcher.close()
 
     def encode_options(self, **overrides: object) -> EncodeOptions:
-        return EncodeOptions(max_length=self.model.max_length, **overrides)  # type: ignore[arg-type]
+        values: dict[str, object] = {
+            "max_length": self.model.max_length,
+            "max_chunks": self.settings.max_chunks_per_doc,
+            "chunk_overlap": self.settings.chunk_overlap,
+        }
+        values.update(overrides)
+        return EncodeOptions(**values)  # type: ignore[arg-type]
 
     async def score(self, query: str, documents: Sequence[str], options: EncodeOptions) -> EngineScores:
         if len(query) + sum(len(d) for d in documents) <= _INLINE_TOKENIZE_CHARS:
@@ -98,8 +105,13 @@ class Engine:
         else:
             pairs = await anyio.to_thread.run_sync(self.model.encode, query, documents, options)
         scored = await self.batcher.submit(pairs, timeout=self.settings.request_timeout)
+        # A chunked document scores as its best window (the activation is monotonic, so the
+        # best logit is the best score).
+        raw = [-math.inf] * len(documents)
+        for pair, score in zip(pairs, scored.scores):
+            raw[pair.doc] = max(raw[pair.doc], score)
         return EngineScores(
-            raw=scored.scores,
+            raw=raw,
             tokens=sum(len(p) for p in pairs),
             queue_time=scored.queue_time,
             inference_time=scored.inference_time,

@@ -5,7 +5,8 @@ validation that does not depend on the wire format happens here, in a fixed orde
 dialect rejects the same requests for the same reasons:
 
     query non-empty → documents non-empty → documents ≤ MAX_DOCUMENTS → top_n ≥ 0
-    → max_tokens_per_doc ≥ 1 → model ready → score (tokenize, queue, forward) → rank
+    → max_tokens_per_doc ≥ 1 → 1 ≤ max_chunks_per_doc ≤ 100 → model ready
+    → score (tokenize, queue, forward; a chunked document scores as its best window) → rank
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class RerankQuery:
     truncate: bool = True
     truncation_direction: Literal["right", "left"] = "right"
     max_tokens_per_doc: int | None = None
+    max_chunks_per_doc: int | None = None  # None: the server's RERANKER_MAX_CHUNKS_PER_DOC
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,11 +107,16 @@ class Reranker:
             raise _invalid(f"top_n must be 0 or more (0 means all documents), got {q.top_n}")
         if q.max_tokens_per_doc is not None and q.max_tokens_per_doc < 1:
             raise _invalid(f"max_tokens_per_doc must be at least 1, got {q.max_tokens_per_doc}")
+        if q.max_chunks_per_doc is not None and not 1 <= q.max_chunks_per_doc <= 100:
+            raise _invalid(f"max_chunks_per_doc must be between 1 and 100, got {q.max_chunks_per_doc}")
         engine = self._require_engine()
 
-        options = engine.encode_options(
+        overrides: dict[str, object] = dict(
             truncate=q.truncate, truncation_direction=q.truncation_direction, max_doc_tokens=q.max_tokens_per_doc
         )
+        if q.max_chunks_per_doc is not None:
+            overrides["max_chunks"] = q.max_chunks_per_doc
+        options = engine.encode_options(**overrides)
         scored = await engine.score(q.query, q.documents, options)
         self.metrics.documents.inc(n)
         self.metrics.tokens.inc(scored.tokens)

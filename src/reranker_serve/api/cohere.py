@@ -1,7 +1,8 @@
 """Cohere's rerank API: `POST /v1/rerank` and `POST /v2/rerank` (schemas of the cohere-python SDK).
 
 v1: documents are strings or objects (`{"text": ...}` plus any other keys; `rank_fields` picks the
-    fields to rank on), `return_documents` defaults to false, `max_chunks_per_doc` is accepted.
+    fields to rank on), `return_documents` defaults to false, `max_chunks_per_doc` splits long
+    documents into overlapping windows (a document scores as its best window).
     Jina-shaped callers (Dify, RAGFlow) also post to /v1/rerank, so the reply carries Jina's
     `usage.total_tokens` beside Cohere's `meta`.
 v2: documents are strings; `max_tokens_per_doc` truncates each document; results carry only
@@ -23,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, WithJsonSchema
 from ..errors import ErrorKind, RerankError
 from ..service import RerankQuery, RerankResult
 from .common import (
-    JsonInt, NON_BLANK, NON_EMPTY, Usage, dialect_route, document_texts, error_responses, timing_headers,
+    JsonInt, MaxChunks, NON_BLANK, NON_EMPTY, Usage, dialect_route, document_texts, error_responses, timing_headers,
 )
 from .deps import RerankerDep
 
@@ -66,10 +67,10 @@ class _CohereRequest(BaseModel):
 
 
 class CohereV1RerankRequest(_CohereRequest):
-    max_chunks_per_doc: JsonInt | None = Field(None, ge=1, json_schema_extra={"minimum": 1}, description="Accepted; long documents are truncated.")
+    max_chunks_per_doc: MaxChunks = None
 
     def to_query(self) -> RerankQuery:
-        return self._query()
+        return self._query(max_chunks_per_doc=self.max_chunks_per_doc)
 
 
 class CohereV2RerankRequest(_CohereRequest):

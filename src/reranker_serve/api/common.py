@@ -27,7 +27,7 @@ from ..errors import ErrorKind, RerankError
 from ..service import RerankResult
 
 __all__ = [
-    "NON_BLANK", "NON_EMPTY", "ErrorRenderer", "JsonInt", "TextDocument", "Usage", "bearer_scheme", "describe_validation", "dialect_route",
+    "NON_BLANK", "NON_EMPTY", "ErrorRenderer", "JsonInt", "MaxChunks", "TextDocument", "Usage", "bearer_scheme", "describe_validation", "dialect_route",
     "document_texts", "error_responses", "timing_headers",
 ]
 
@@ -203,6 +203,16 @@ def _json_integer(value: Any) -> Any:
 
 
 JsonInt = Annotated[int, BeforeValidator(_json_integer)]
+
+# An extra field of every dialect that has documents (Cohere v1 has it natively).
+MaxChunks = Annotated[
+    JsonInt | None,
+    Field(
+        json_schema_extra={"minimum": 1, "maximum": 100},
+        description="Split documents longer than the window into up to N overlapping windows; a document scores "
+        "as its best window (null: the server's RERANKER_MAX_CHUNKS_PER_DOC; 1: truncate).",
+    ),
+]
 
 class Usage(BaseModel):
     total_tokens: int = Field(description="Tokens fed to the model for this request, special tokens included.")

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, StrictBool, Field
 
 from ..errors import RerankError
 from ..service import RerankQuery, RerankResult
-from .common import JsonInt, NON_BLANK, NON_EMPTY, TextDocument, Usage, dialect_route, error_responses, timing_headers
+from .common import JsonInt, MaxChunks, NON_BLANK, NON_EMPTY, TextDocument, Usage, dialect_route, error_responses, timing_headers
 from .deps import RerankerDep
 
 __all__ = ["router"]
@@ -39,6 +39,7 @@ class JinaRerankRequest(BaseModel):
     documents: list[str | JinaDocument] = Field(json_schema_extra=NON_EMPTY)
     top_n: JsonInt | None = Field(None, json_schema_extra={"minimum": 0}, description="Return the best N; null, 0 or more than the documents: all.")
     return_documents: StrictBool = Field(True, description="Include each document as {text} (Jina's default: true).")
+    max_chunks_per_doc: MaxChunks = None
 
     def to_query(self) -> RerankQuery:
         query = self.query if isinstance(self.query, str) else self.query.text
@@ -48,6 +49,7 @@ class JinaRerankRequest(BaseModel):
             top_n=self.top_n,
             return_documents=self.return_documents,
             model=self.model,
+            max_chunks_per_doc=self.max_chunks_per_doc,
         )
 
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, StrictBool, Discriminator, Field, Ta
 
 from ..errors import ErrorKind, RerankError
 from ..service import RerankQuery, RerankResult
-from .common import JsonInt, NON_BLANK, NON_EMPTY, TextDocument, Usage, dialect_route, error_responses, timing_headers
+from .common import JsonInt, MaxChunks, NON_BLANK, NON_EMPTY, TextDocument, Usage, dialect_route, error_responses, timing_headers
 from .deps import RerankerDep
 
 __all__ = ["router"]
@@ -35,6 +35,7 @@ class NativeRerankRequest(BaseModel):
     top_n: JsonInt | None = Field(None, json_schema_extra={"minimum": 0}, description="Return the best N; null, 0 or more than the documents: all.")
     return_documents: StrictBool = Field(False, description="Include each document's text in the results.")
     raw_scores: StrictBool = Field(False, description="Return raw logits instead of sigmoid-normalised scores.")
+    max_chunks_per_doc: MaxChunks = None
 
     def to_query(self) -> RerankQuery:
         return RerankQuery(
@@ -44,6 +45,7 @@ class NativeRerankRequest(BaseModel):
             return_documents=self.return_documents,
             raw_scores=self.raw_scores,
             model=self.model,
+            max_chunks_per_doc=self.max_chunks_per_doc,
         )
 
     def reply(self, result: RerankResult) -> NativeRerankResponse:

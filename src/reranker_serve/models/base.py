@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal, Protocol, Sequence
 
-__all__ = ["EncodeOptions", "Pair", "ScoringModel", "sigmoid"]
+__all__ = ["EncodeOptions", "Pair", "ScoringModel", "sigmoid", "windows"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +20,7 @@ class Pair:
 
     ids: list[int]
     type_ids: list[int] | None = None
+    doc: int = 0  # the request's document this pair scores (several pairs when chunked)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -32,12 +33,30 @@ class EncodeOptions:
     truncate=False makes an over-long pair an error instead (TEI's `truncate: false`).
     truncation_direction says which end of the document (and, when it must, the query) is cut.
     max_doc_tokens caps each document before the window is applied (Cohere v2).
+    max_chunks > 1 splits a document too long for the window into up to that many windows
+    overlapping by chunk_overlap tokens, each scored beside the query (Cohere v1's
+    max_chunks_per_doc); the document's score is the best window's.
     """
 
     max_length: int
     truncate: bool = True
     truncation_direction: Literal["right", "left"] = "right"
     max_doc_tokens: int | None = None
+    max_chunks: int = 1
+    chunk_overlap: int = 0
+
+
+def windows(ids: list[int], size: int, *, max_chunks: int, overlap: int) -> list[list[int]]:
+    """Up to max_chunks windows of ``size`` tokens, each starting ``size - overlap`` after the last."""
+    if len(ids) <= size or max_chunks <= 1:
+        return [ids[:size]]
+    step = max(1, size - min(overlap, size // 2))
+    out = []
+    for start in range(0, len(ids), step):
+        out.append(ids[start : start + size])
+        if len(out) == max_chunks or start + size >= len(ids):
+            break
+    return out
 
 
 class ScoringModel(Protocol):
@@ -46,7 +65,9 @@ class ScoringModel(Protocol):
     dtype_name: str
     max_length: int  # most tokens per pair the model accepts (positions)
 
-    def encode(self, query: str, documents: Sequence[str], options: EncodeOptions) -> list[Pair]: ...
+    def encode(self, query: str, documents: Sequence[str], options: EncodeOptions) -> list[Pair]:
+        """At least one pair per document, each naming its document in ``Pair.doc``."""
+        ...
 
     def forward(self, batch: Sequence[Pair]) -> list[float]:
         """Raw scores (logits) in float32 precision, one per pair, in order."""

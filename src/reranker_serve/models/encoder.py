@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import torch
 from tokenizers import Encoding, Tokenizer
 
-from .base import EncodeOptions, Pair, sigmoid
+from .base import EncodeOptions, Pair, sigmoid, windows
 from ..errors import ErrorKind, RerankError
 
 __all__ = ["EncoderReranker"]
@@ -51,14 +51,14 @@ class _PairTemplate:
         self.type_a, self.type_b = types[a[0]], types[b[0]]
         self.specials = len(self.prefix) + len(self.middle) + len(self.suffix)
 
-    def build(self, q: list[int], d: list[int], *, with_types: bool) -> Pair:
+    def build(self, q: list[int], d: list[int], *, with_types: bool, doc: int = 0) -> Pair:
         ids = self.prefix + q + self.middle + d + self.suffix
         if not with_types:
-            return Pair(ids)
+            return Pair(ids, doc=doc)
         types = (
             self.prefix_types + [self.type_a] * len(q) + self.middle_types + [self.type_b] * len(d) + self.suffix_types
         )
-        return Pair(ids, types)
+        return Pair(ids, types, doc=doc)
 
 
 _CHARS_PER_TOKEN = 32
@@ -126,25 +126,28 @@ class EncoderReranker:
         texts = [_cut_text(d, chars, direction) for d in documents]
         docs: list[Encoding] = tokenizer.encode_batch(texts, add_special_tokens=False)
         pairs = []
-        for doc in docs:
+        for index, doc in enumerate(docs):
             d = doc.ids
             if options.max_doc_tokens is not None:
                 d = _cut(d, options.max_doc_tokens, direction)
-            if len(q) + len(d) > budget:
-                if not options.truncate:
-                    raise RerankError(
-                        ErrorKind.PAYLOAD_TOO_LARGE,
-                        f"Input validation error: `inputs` must have less than {max_length} tokens. "
-                        f"Given: {len(q) + len(d) + template.specials}",
-                    )
-                # The query keeps everything it can: the document yields first, down to half
-                # the window; only a query longer than half the window is cut too.
-                d_keep = min(len(d), max(budget - len(q), budget // 2))
-                d = _cut(d, d_keep, direction)
-                q_pair = _cut(q, budget - len(d), direction)
+            if len(q) + len(d) <= budget:
+                pairs.append(template.build(q, d, with_types=self._with_types, doc=index))
+                continue
+            if not options.truncate:
+                raise RerankError(
+                    ErrorKind.PAYLOAD_TOO_LARGE,
+                    f"Input validation error: `inputs` must have less than {max_length} tokens. "
+                    f"Given: {len(q) + len(d) + template.specials}",
+                )
+            # The query keeps everything it can: the document yields first, down to half the
+            # window; only a query longer than half the window is cut too.
+            d_keep = min(len(d), max(budget - len(q), budget // 2))
+            q_pair = _cut(q, budget - d_keep, direction)
+            if options.max_chunks > 1:
+                parts = windows(d, d_keep, max_chunks=options.max_chunks, overlap=options.chunk_overlap)
             else:
-                q_pair = q
-            pairs.append(template.build(q_pair, d, with_types=self._with_types))
+                parts = [_cut(d, d_keep, direction)]
+            pairs.extend(template.build(q_pair, part, with_types=self._with_types, doc=index) for part in parts)
         return pairs
 
     # -- inference -------------------------------------------------------------------------
