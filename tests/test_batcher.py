@@ -194,7 +194,7 @@ async def test_request_that_cannot_meet_its_deadline_is_refused_at_once():
     with pytest.raises(RerankError) as info:
         await batcher.submit(pairs(1), timeout=0.5)
     assert info.value.kind is ErrorKind.OVERLOADED and "request timeout" in info.value.message
-    assert asyncio.get_running_loop().time() - started < 0.1  # refused, not left to time out
+    assert asyncio.get_running_loop().time() - started < 0.3  # refused at once, well before its 0.5 s deadline
     model.gate.set()
     await asyncio.gather(backlog, blocker)
     batcher.close()

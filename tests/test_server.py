@@ -150,7 +150,7 @@ def test_client_that_hangs_up_has_its_pairs_dropped(tiny_model):
         assert model.entered.wait(10)
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(f"{srv.url}/rerank", json={"query": "q", "documents": ["55 55", "56 56"]}, timeout=0.3)
-        time.sleep(0.2)  # the server notices the disconnect
+        time.sleep(1.0)  # the server notices the disconnect (generous: CI machines are busy)
         model.gate.set()
         first.join(10)
         assert srv.client.post("/rerank", json={"query": "q", "documents": ["9"]}).status_code == 200

@@ -101,8 +101,6 @@ class Batcher:
         self._closed = False
         self._pairs_per_s = 0.0  # moving average, for Retry-After
         self._thread = threading.Thread(target=self._run, name="reranker-batcher", daemon=True)
-        self.batches = 0
-        self.pairs_scored = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -238,8 +236,6 @@ class Batcher:
         elapsed = time.perf_counter() - start
         rate = len(batch) / elapsed if elapsed > 0 else 0.0
         self._pairs_per_s = rate if self._pairs_per_s == 0 else 0.8 * self._pairs_per_s + 0.2 * rate
-        self.batches += 1
-        self.pairs_scored += len(batch)
         if self.on_batch is not None:
             self.on_batch(len(batch), len(batch) * max(len(job.pairs[i]) for job, i in batch))
         done = []

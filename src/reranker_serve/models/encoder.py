@@ -110,7 +110,6 @@ class EncoderReranker:
         tok_limit = getattr(hf_tokenizer, "model_max_length", None)
         if isinstance(tok_limit, int) and 0 < tok_limit < 1_000_000:
             limit = min(limit, tok_limit)
-        self.model_limit = limit
         self.max_length = min(max_length, limit)
 
     # -- tokenization --------------------------------------------------------------------
