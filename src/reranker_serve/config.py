@@ -18,6 +18,7 @@ from pydantic_settings.exceptions import SettingsError
 __all__ = ["ConfigError", "Settings", "load_settings"]
 
 ENV_PREFIX = "RERANKER_"
+MAX_CHUNKS_PER_DOC = 100  # most windows one document may be split into (setting and requests)
 
 
 class ConfigError(ValueError):
@@ -70,7 +71,7 @@ class Settings(BaseSettings):
     num_threads: int = Field(0, ge=0, description="torch intra-op threads on CPU (0: one per core).")
 
     max_chunks_per_doc: int = Field(
-        1, ge=1, le=100, description="Windows a long document is split into, scored by its best (1: truncate)."
+        1, ge=1, le=MAX_CHUNKS_PER_DOC, description="Windows a long document is split into, scored by its best (1: truncate)."
     )
     chunk_overlap: int = Field(32, ge=0, description="Tokens shared by consecutive windows of a chunked document.")
 

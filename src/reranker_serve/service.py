@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
-from .config import Settings
+from .config import MAX_CHUNKS_PER_DOC, Settings
 from .engine import Engine
 from .errors import ErrorKind, RerankError
 from .observability import Metrics
@@ -107,8 +107,10 @@ class Reranker:
             raise _invalid(f"top_n must be 0 or more (0 means all documents), got {q.top_n}")
         if q.max_tokens_per_doc is not None and q.max_tokens_per_doc < 1:
             raise _invalid(f"max_tokens_per_doc must be at least 1, got {q.max_tokens_per_doc}")
-        if q.max_chunks_per_doc is not None and not 1 <= q.max_chunks_per_doc <= 100:
-            raise _invalid(f"max_chunks_per_doc must be between 1 and 100, got {q.max_chunks_per_doc}")
+        if q.max_chunks_per_doc is not None and not 1 <= q.max_chunks_per_doc <= MAX_CHUNKS_PER_DOC:
+            raise _invalid(
+                f"max_chunks_per_doc must be between 1 and {MAX_CHUNKS_PER_DOC}, got {q.max_chunks_per_doc}"
+            )
         engine = self._require_engine()
 
         overrides: dict[str, object] = dict(

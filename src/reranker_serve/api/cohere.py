@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, WithJsonSchema
 from ..errors import ErrorKind, RerankError
 from ..service import RerankQuery, RerankResult
 from .common import (
-    JsonInt, MaxChunks, NON_BLANK, NON_EMPTY, Usage, dialect_route, document_texts, error_responses, timing_headers,
+    JsonInt, MaxChunks, NON_BLANK, NON_EMPTY, TopN, Usage, dialect_route, document_texts, error_responses, timing_headers,
 )
 from .deps import RerankerDep
 
@@ -45,7 +45,7 @@ class _CohereRequest(BaseModel):
     documents: list[Document] = Field(
         description="Strings, or objects with a `text` field (see rank_fields).", json_schema_extra=NON_EMPTY
     )
-    top_n: JsonInt | None = Field(None, json_schema_extra={"minimum": 0}, description="Return the best N; null, 0 or more than the documents: all.")
+    top_n: TopN = None
     rank_fields: list[str] | None = Field(None, description="Object fields to rank on (default: `text`).")
     return_documents: StrictBool = Field(False, description="Include each document in the results.")
 

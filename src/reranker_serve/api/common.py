@@ -23,11 +23,12 @@ from starlette.requests import ClientDisconnect
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
 
+from ..config import MAX_CHUNKS_PER_DOC
 from ..errors import ErrorKind, RerankError
 from ..service import RerankResult
 
 __all__ = [
-    "NON_BLANK", "NON_EMPTY", "ErrorRenderer", "JsonInt", "MaxChunks", "TextDocument", "Usage", "bearer_scheme", "describe_validation", "dialect_route",
+    "NON_BLANK", "NON_EMPTY", "ErrorRenderer", "JsonInt", "MaxChunks", "TopN", "TextDocument", "Usage", "bearer_scheme", "describe_validation", "dialect_route",
     "document_texts", "error_responses", "timing_headers",
 ]
 
@@ -36,6 +37,9 @@ ErrorRenderer = Callable[[RerankError], Response]
 # Declared on the rerank routes when a key is set, so /docs shows the lock; the check itself runs
 # in the route class, before the body is parsed, so a request without a key learns nothing more.
 bearer_scheme = HTTPBearer(auto_error=False, description="Needed when RERANKER_API_KEY is set.")
+
+
+_TYPE_LABELS = {"str", "int", "float", "bool", "list", "dict", "native", "tei"}
 
 
 def _location(loc: Sequence[Any]) -> str:
@@ -48,9 +52,6 @@ def _location(loc: Sequence[Any]) -> str:
         else:
             text += f".{part}" if text else part
     return text or "body"
-
-
-_TYPE_LABELS = {"str", "int", "float", "bool", "list", "dict", "native", "tei"}
 
 
 def describe_validation(errors: Sequence[dict[str, Any]]) -> str:
@@ -204,11 +205,16 @@ def _json_integer(value: Any) -> Any:
 
 JsonInt = Annotated[int, BeforeValidator(_json_integer)]
 
-# An extra field of every dialect that has documents (Cohere v1 has it natively).
+# Fields every dialect has, written once so their schema and wording cannot drift apart.
+TopN = Annotated[
+    JsonInt | None,
+    Field(json_schema_extra={"minimum": 0}, description="Return the best N; null, 0 or more than the documents: all."),
+]
+# An extra field of the dialects that lack it (Cohere v1 has it natively).
 MaxChunks = Annotated[
     JsonInt | None,
     Field(
-        json_schema_extra={"minimum": 1, "maximum": 100},
+        json_schema_extra={"minimum": 1, "maximum": MAX_CHUNKS_PER_DOC},
         description="Split documents longer than the window into up to N overlapping windows; a document scores "
         "as its best window (null: the server's RERANKER_MAX_CHUNKS_PER_DOC; 1: truncate).",
     ),

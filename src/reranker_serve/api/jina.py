@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, StrictBool, Field
 
 from ..errors import RerankError
 from ..service import RerankQuery, RerankResult
-from .common import JsonInt, MaxChunks, NON_BLANK, NON_EMPTY, TextDocument, Usage, dialect_route, error_responses, timing_headers
+from .common import MaxChunks, NON_BLANK, NON_EMPTY, TopN, TextDocument, Usage, dialect_route, error_responses, timing_headers
 from .deps import RerankerDep
 
 __all__ = ["router"]
@@ -37,7 +37,7 @@ class JinaRerankRequest(BaseModel):
     model: str | None = Field(None, examples=["jina-reranker-v2-base-multilingual"])
     query: Annotated[str, Field(examples=["Organic skincare products for sensitive skin"], json_schema_extra=NON_BLANK)] | JinaQuery
     documents: list[str | JinaDocument] = Field(json_schema_extra=NON_EMPTY)
-    top_n: JsonInt | None = Field(None, json_schema_extra={"minimum": 0}, description="Return the best N; null, 0 or more than the documents: all.")
+    top_n: TopN = None
     return_documents: StrictBool = Field(True, description="Include each document as {text} (Jina's default: true).")
     max_chunks_per_doc: MaxChunks = None
 

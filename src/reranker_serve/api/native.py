@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, StrictBool, Discriminator, Field, Ta
 
 from ..errors import ErrorKind, RerankError
 from ..service import RerankQuery, RerankResult
-from .common import JsonInt, MaxChunks, NON_BLANK, NON_EMPTY, TextDocument, Usage, dialect_route, error_responses, timing_headers
+from .common import MaxChunks, NON_BLANK, NON_EMPTY, TopN, TextDocument, Usage, dialect_route, error_responses, timing_headers
 from .deps import RerankerDep
 
 __all__ = ["router"]
@@ -32,7 +32,7 @@ class NativeRerankRequest(BaseModel):
     query: str = Field(description="The search query.", examples=["What is the capital of France?"],
                        json_schema_extra=NON_BLANK)
     documents: list[str] = Field(description="Candidate documents, as plain strings.", json_schema_extra=NON_EMPTY)
-    top_n: JsonInt | None = Field(None, json_schema_extra={"minimum": 0}, description="Return the best N; null, 0 or more than the documents: all.")
+    top_n: TopN = None
     return_documents: StrictBool = Field(False, description="Include each document's text in the results.")
     raw_scores: StrictBool = Field(False, description="Return raw logits instead of sigmoid-normalised scores.")
     max_chunks_per_doc: MaxChunks = None
