@@ -41,8 +41,8 @@ BODIES = {
     "native": lambda q, d: ("/rerank", {"query": q, "documents": d}),
     "tei": lambda q, d: ("/rerank", {"query": q, "texts": d}),
     "cohere-v1": lambda q, d: ("/v1/rerank", {"query": q, "documents": d}),
-    "cohere-v2": lambda q, d: ("/v2/rerank", {"model": "m", "query": q, "documents": d}),
-    "jina": lambda q, d: ("/api/v1/rerank", {"model": "m", "query": q, "documents": d, "return_documents": False}),
+    "cohere-v2": lambda q, d: ("/v2/rerank", {"query": q, "documents": d}),
+    "jina": lambda q, d: ("/api/v1/rerank", {"query": q, "documents": d, "return_documents": False}),
 }
 
 
@@ -237,8 +237,8 @@ def overhead(args: argparse.Namespace) -> dict:
     docs = [f"short document number {i} about computers" for i in range(10)]
     query = "digital computers"
     configure_cpu_threads(0)
-    model = load_model(Settings(_env_file=None, model_path=args.model, max_length=args.max_length),
-                       Placement("cpu", torch.float32))
+    spec = Settings(_env_file=None, model_path=args.model, max_length=args.max_length).model_specs[0]
+    model = load_model(spec, Placement("cpu", torch.float32))
     pairs = model.encode(query, docs, EncodeOptions(max_length=model.max_length))
     bare = []
     for _ in range(args.repeat):

@@ -63,8 +63,8 @@ def main() -> int:
     requests = build_requests(args)
 
     def score(dtype: str) -> tuple[list[list[float]], float]:
-        settings = Settings(_env_file=None, model_path=args.model, max_length=args.max_length)
-        model = load_model(settings, Placement(args.device, getattr(torch, dtype)))
+        spec = Settings(_env_file=None, model_path=args.model, max_length=args.max_length).model_specs[0]
+        model = load_model(spec, Placement(args.device, getattr(torch, dtype)))
         options = EncodeOptions(max_length=model.max_length)
         out, started = [], time.perf_counter()
         for query, docs in requests:

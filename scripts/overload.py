@@ -63,9 +63,7 @@ def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
     raise SystemExit("server not ready")
 
 
-def body(path: str, query: str, docs: list[str]) -> dict:
-    if path == "/v2/rerank":
-        return {"model": "m", "query": query, "documents": docs}
+def body(query: str, docs: list[str]) -> dict:
     return {"query": query, "documents": docs}
 
 
@@ -78,7 +76,7 @@ async def client_loop(url: str, args: argparse.Namespace, stop_at: float, seed: 
             docs = [" ".join(rng.choices(words, k=rng.randint(20, 200))) for _ in range(args.docs)]
             started = time.monotonic()
             try:
-                r = await client.post(path, json=body(path, "which documents rank", docs))
+                r = await client.post(path, json=body("which documents rank", docs))
             except httpx.HTTPError as exc:
                 out["failures"].append(f"{path}: {type(exc).__name__} after {time.monotonic() - started:.1f}s")
                 continue

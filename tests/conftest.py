@@ -138,6 +138,16 @@ class RunningServer:
                 raise RuntimeError(f"server not ready: {self.client.get('/ready').text}")
             time.sleep(0.05)
 
+    def wait_failed(self, timeout: float = 60) -> str:
+        """Wait for the model load to fail; return the error /ready reports."""
+        deadline = time.monotonic() + timeout
+        while (r := self.client.get("/ready")).json()["status"] == "loading":
+            if time.monotonic() > deadline:
+                raise RuntimeError("the model is still loading")
+            time.sleep(0.05)
+        assert r.status_code == 503 and r.json()["status"] == "failed", r.text
+        return r.json()["error"]
+
     def stop(self) -> None:
         self.client.close()
         self.server.should_exit = True
@@ -168,9 +178,13 @@ def serve(tiny_model: Path) -> Iterator[Callable[..., RunningServer]]:
         server.stop()
 
 
+# The names real clients send by default, served as aliases of the tiny model by the shared server.
+CLIENT_ALIASES = ("rerank-english-v3.0", "rerank-v3.5", "jina-reranker-v2-base-multilingual")
+
+
 @pytest.fixture(scope="session")
-def server(serve: Callable[..., RunningServer]) -> RunningServer:
-    return serve()
+def server(serve: Callable[..., RunningServer], tiny_model: Path) -> RunningServer:
+    return serve(models=",".join(f"{name}={tiny_model}" for name in ("tiny-reranker", *CLIENT_ALIASES)))
 
 
 @pytest.fixture()

@@ -15,6 +15,8 @@ def fake_score(pair: Pair) -> float:
 
 class FakeModel:
     name = "fake-reranker"
+    family = "encoder"
+    takes_instruction = False
     device = "cpu"
     dtype_name = "float32"
     max_length = 512

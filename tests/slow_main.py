@@ -8,9 +8,9 @@ import sys
 import time
 
 from reranker_serve.__main__ import main
-from reranker_serve.models.encoder import EncoderReranker
+from reranker_serve.models.encoder import SequenceClassificationReranker
 
-_forward = EncoderReranker.forward
+_forward = SequenceClassificationReranker.forward
 _delay = float(os.environ.get("RERANKER_TEST_DELAY", "2"))
 
 
@@ -20,5 +20,5 @@ def slow_forward(self, batch):
     return _forward(self, batch)
 
 
-EncoderReranker.forward = slow_forward
+SequenceClassificationReranker.forward = slow_forward
 sys.exit(main())

@@ -52,8 +52,8 @@ def test_equal_documents_keep_request_order(client):
     assert same == [0, 1, 2, 3]
 
 
-def test_extra_fields_and_model_are_accepted(client):
-    r = client.post("/rerank", json={"query": QUERY, "documents": DOCS, "model": "whatever", "foo": {"bar": 1}})
+def test_extra_fields_are_ignored_and_an_alias_answers_with_the_model_name(client):
+    r = client.post("/rerank", json={"query": QUERY, "documents": DOCS, "model": "rerank-v3.5", "foo": {"bar": 1}})
     assert r.status_code == 200
     assert r.json()["model"] == "tiny-reranker"
 

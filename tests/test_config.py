@@ -28,7 +28,9 @@ def test_defaults():
     assert (s.max_length, s.batch_size, s.max_documents) == (512, 32, 1000)
     assert (s.device, s.use_fp16, s.dtype) == ("auto", True, "auto")
     assert s.api_key is None and s.log_level == "info"
-    assert s.model_source == "BAAI/bge-reranker-v2-m3" and s.model_id == "BAAI/bge-reranker-v2-m3"
+    (spec,) = s.model_specs
+    assert spec.source == "BAAI/bge-reranker-v2-m3" and spec.names == ("BAAI/bge-reranker-v2-m3",) and not spec.local
+    assert (spec.model_type, spec.trust_remote_code, spec.instruction) == ("auto", False, None)
 
 
 def test_environment_and_dotenv(monkeypatch, tmp_path, tiny_model):
@@ -39,9 +41,10 @@ def test_environment_and_dotenv(monkeypatch, tmp_path, tiny_model):
     s = load_settings()
     assert s.port == 9001 and s.dtype == "bfloat16" and s.log_level == "debug" and s.use_offline_mode
     assert s.api_key is None  # an empty value means "no key"
-    assert s.model_source == str(tiny_model) and s.model_id == "tiny-reranker"  # MODEL_PATH wins
+    (spec,) = s.model_specs
+    assert spec.source == str(tiny_model) and spec.names == ("tiny-reranker",) and spec.local  # MODEL_PATH wins
     monkeypatch.setenv("RERANKER_SERVED_MODEL_NAME", "rerank-v3.5")
-    assert load_settings().model_id == "rerank-v3.5"
+    assert load_settings().model_specs[0].names == ("rerank-v3.5",)
 
 
 @pytest.mark.parametrize(

@@ -14,8 +14,8 @@ import torch
 
 @pytest.fixture(scope="module")
 def model(tiny_model):
-    settings = Settings(_env_file=None, model_path=tiny_model, max_length=128)
-    return load_model(settings, Placement("cpu", torch.float32))
+    spec = Settings(_env_file=None, model_path=tiny_model, max_length=128).model_specs[0]
+    return load_model(spec, Placement("cpu", torch.float32))
 
 
 def test_pairs_match_the_tokenizer_pair_encoding(model, reference):
@@ -57,5 +57,5 @@ def test_max_doc_tokens(model, reference):
 
 
 def test_max_length_is_capped_by_the_model(tiny_model):
-    settings = Settings(_env_file=None, model_path=tiny_model, max_length=4096)
-    assert load_model(settings, Placement("cpu", torch.float32)).max_length == 128  # 130 positions - RoBERTa offset
+    spec = Settings(_env_file=None, model_path=tiny_model, max_length=4096).model_specs[0]
+    assert load_model(spec, Placement("cpu", torch.float32)).max_length == 128  # 130 positions - RoBERTa offset

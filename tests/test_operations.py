@@ -40,15 +40,16 @@ def test_metrics_count_what_happened(serve):
     assert m[(req, (("dialect", "native"), ("route", "/rerank"), ("status", "200")))] == 2
     assert m[(req, (("dialect", "tei"), ("route", "/rerank"), ("status", "200")))] == 1
     assert m[(req, (("dialect", "cohere-v2"), ("route", "/v2/rerank"), ("status", "400")))] == 1
-    assert m[("reranker_documents_total", ())] == 2 * len(DOCS) + 3
-    assert m[("reranker_tokens_total", ())] > 0
+    model = (("model", "metrics-probe"),)
+    assert m[("reranker_documents_total", model)] == 2 * len(DOCS) + 3
+    assert m[("reranker_tokens_total", model)] > 0
     assert m[("reranker_request_duration_seconds_count", (("dialect", "native"),))] == 2
-    assert m[("reranker_queue_wait_seconds_count", ())] == 3
-    assert m[("reranker_inference_seconds_count", ())] == 3
-    assert m[("reranker_batch_size_count", ())] >= 3
-    assert m[("reranker_batch_size_sum", ())] == 2 * len(DOCS) + 3
-    assert m[("reranker_queue_depth", ())] == 0
-    assert m[("reranker_model_load_seconds", ())] > 0
+    assert m[("reranker_queue_wait_seconds_count", model)] == 3
+    assert m[("reranker_inference_seconds_count", model)] == 3
+    assert m[("reranker_batch_size_count", model)] >= 3
+    assert m[("reranker_batch_size_sum", model)] == 2 * len(DOCS) + 3
+    assert m[("reranker_queue_depth", model)] == 0
+    assert m[("reranker_model_load_seconds", model)] > 0
 
 
 def test_auth_failures_are_counted(serve):

@@ -21,7 +21,7 @@ from fakes import FakeModel
 
 def fake_server(tiny_model, model: FakeModel, **overrides) -> RunningServer:
     settings = settings_for(tiny_model, **overrides)
-    return RunningServer(create_app(settings, engine=Engine(model, settings)))
+    return RunningServer(create_app(settings, engines=[Engine(model, settings)]))
 
 
 def test_concurrent_requests_through_the_real_model_match_the_reference(server, reference):
@@ -40,9 +40,9 @@ def test_ready_turns_200_only_after_loading(tiny_model, monkeypatch):
     release = threading.Event()
     real_load = Engine.load
 
-    def slow_load(settings, placement=None):
+    def slow_load(settings, spec=None, **kw):
         release.wait(30)
-        return real_load(settings, placement)
+        return real_load(settings, spec, **kw)
 
     monkeypatch.setattr(Engine, "load", staticmethod(slow_load))
     srv = RunningServer(create_app(settings_for(tiny_model)), wait_ready=False)
@@ -75,11 +75,7 @@ def test_load_failure_is_reported(tmp_path):
     folder = broken_model(tmp_path)
     srv = RunningServer(create_app(settings_for(folder)), wait_ready=False)
     try:
-        deadline = time.monotonic() + 60
-        while (r := srv.client.get("/ready")).json()["status"] == "loading" and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert r.status_code == 503 and r.json()["status"] == "failed"
-        assert str(folder) in r.json()["error"]
+        assert str(folder) in srv.wait_failed()
         jina = srv.client.post("/api/v1/rerank", json={"query": QUERY, "documents": DOCS})
         assert jina.status_code == 503 and "failed to load" in jina.json()["detail"]
     finally:
@@ -92,10 +88,8 @@ def test_unsupported_architecture_names_what_was_found(tmp_path):
     (folder / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
     srv = RunningServer(create_app(settings_for(folder)), wait_ready=False)
     try:
-        deadline = time.monotonic() + 60
-        while (r := srv.client.get("/ready")).json()["status"] == "loading" and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert "GPT2LMHeadModel" in r.json()["error"] and "not a supported reranker" in r.json()["error"]
+        error = srv.wait_failed()
+        assert "GPT2LMHeadModel" in error and "not a supported reranker" in error
     finally:
         srv.stop()
 

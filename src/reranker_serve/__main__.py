@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reranker-serve: {exc}", file=sys.stderr)
         return 2
     # Before the model libraries are imported: huggingface_hub reads HF_HUB_OFFLINE once.
-    apply_offline_environment(settings)
+    apply_offline_environment(offline=settings.use_offline_mode)
     from .observability import configure_logging
 
     configure_logging(level=settings.log_level, fmt=settings.log_format)

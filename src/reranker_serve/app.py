@@ -1,15 +1,16 @@
-"""The app factory. The lifespan builds the engine; routes reach it through ``app.state``.
+"""The app factory. The lifespan builds the engines; routes reach them through ``app.state``.
 
-The model loads in the background after the server starts listening, so `/health` answers at
-once and `/ready` turns 200 only when the model is loaded and warmed (orchestrators and
-daemon.sh wait on it); rerank routes answer 503 with Retry-After until then.
+The models load in the background, one after the other, after the server starts listening, so
+`/health` answers at once and `/ready` turns 200 only when every model is loaded and warmed
+(orchestrators and daemon.sh wait on it); a model still loading answers 503 with Retry-After.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Callable, Sequence
 
 import anyio
 from fastapi import FastAPI, Security
@@ -29,41 +30,47 @@ __all__ = ["create_app"]
 
 
 async def _load_in_background(reranker: Reranker, on_failure: Callable[[str], None] | None) -> None:
-    try:
-        engine = await anyio.to_thread.run_sync(Engine.load, reranker.settings, abandon_on_cancel=True)
-    except Exception as exc:  # ModelLoadError, ConfigError, or anything a library raised
-        reranker.load_error = str(exc)
-        logger.error("model failed to load: {}", exc)
-        if on_failure is not None:
-            on_failure(str(exc))
-        return
-    reranker.attach(engine)
+    device_lock = threading.Lock()  # every model runs on the same device: one forward pass at a time
+    for spec in reranker.specs:
+        if spec.name in reranker.engines:
+            continue
+        try:
+            engine = await anyio.to_thread.run_sync(
+                lambda: Engine.load(reranker.settings, spec, device_lock=device_lock), abandon_on_cancel=True
+            )
+        except Exception as exc:  # ModelLoadError, ConfigError, or anything a library raised
+            reranker.load_errors[spec.name] = str(exc)
+            logger.error("model {} failed to load: {}", spec.name, exc)
+            if on_failure is not None:
+                on_failure(str(exc))
+            return
+        reranker.attach(engine)
 
 
 def create_app(
     settings: Settings | None = None,
     *,
-    engine: Engine | None = None,
+    engines: Sequence[Engine] = (),
     on_load_failure: Callable[[str], None] | None = None,
 ) -> FastAPI:
-    """Build the app. ``engine`` skips loading (tests inject one); ``on_load_failure`` is how
-    ``__main__`` learns that the model failed, to stop the server with a non-zero exit."""
+    """Build the app. ``engines`` skips loading those models (tests inject them); ``on_load_failure``
+    is how ``__main__`` learns that a model failed, to stop the server with a non-zero exit."""
     settings = settings or load_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        reranker = Reranker(settings, engine, metrics=metrics)
+        reranker = Reranker(settings, engines, metrics=metrics)
         app.state.reranker = reranker
         loader = None
-        if engine is None:
+        if not reranker.ready:
             loader = asyncio.create_task(_load_in_background(reranker, on_load_failure))
         try:
             yield
         finally:
             if loader is not None and not loader.done():
                 loader.cancel()
-            if reranker.engine is not None:
-                await anyio.to_thread.run_sync(reranker.engine.stop)
+            for engine in list(reranker.engines.values()):
+                await anyio.to_thread.run_sync(engine.stop)
 
     metrics = Metrics()
     # FastAPIOffline: Swagger UI and ReDoc from assets bundled in the package, not a CDN, so

@@ -8,21 +8,159 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
-__all__ = ["ConfigError", "Settings", "load_settings"]
+__all__ = ["ConfigError", "ModelEntry", "ModelSpec", "Settings", "load_settings"]
 
 ENV_PREFIX = "RERANKER_"
 MAX_CHUNKS_PER_DOC = 100  # most windows one document may be split into (setting and requests)
 
+# How a model turns (query, document) into a score; "auto" reads it from the model's config.
+ModelType = Literal["auto", "encoder", "qwen3", "qwen3-seq-cls", "llm", "layerwise", "lightweight"]
+DType = Literal["auto", "float32", "float16", "bfloat16"]
+_DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
+
 
 class ConfigError(ValueError):
     """Start-up configuration is invalid. The message is one line meant for a human."""
+
+
+# Options each served model may set for itself (in RERANKER_MODELS); unset, the global one holds.
+_PER_MODEL = (
+    "model_type", "trust_remote_code", "max_length", "dtype", "batch_size", "max_batch_tokens", "max_queue",
+    "instruction", "cutoff_layer", "compress_ratio", "compress_layers",
+)
+
+
+class ModelEntry(BaseModel):
+    """One model of RERANKER_MODELS. Every option but `model` is optional and defaults to the
+    global RERANKER_* variable of the same name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, description="Hugging Face model id or local model folder.")
+    name: str | list[str] | None = Field(None, description="Name(s) requests select it by; default: the id.")
+    model_type: ModelType | None = None
+    trust_remote_code: bool | None = None
+    max_length: int | None = Field(None, ge=8, le=131072)
+    dtype: DType | None = None
+    batch_size: int | None = Field(None, ge=1, le=4096)
+    max_batch_tokens: int | None = Field(None, ge=0)
+    max_queue: int | None = Field(None, ge=1)
+    instruction: str | None = None
+    cutoff_layer: int | None = Field(None, ge=1)
+    compress_ratio: int | None = Field(None, ge=1)
+    compress_layers: list[int] | None = None
+
+    @field_validator("model_type", "dtype", mode="before")
+    @classmethod
+    def _normalise_choice(cls, value: object) -> object:
+        return _DTYPE_ALIASES.get(value.strip().lower(), value.strip().lower()) if isinstance(value, str) else value
+
+    @field_validator("name")
+    @classmethod
+    def _names(cls, value: str | list[str] | None) -> str | list[str] | None:
+        for name in [value] if isinstance(value, str) else value or []:
+            if not name.strip():
+                raise ValueError("a model name must not be empty")
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _local_folder_is_a_model(cls, value: str) -> str:
+        if _is_local(value):
+            _check_model_folder(Path(value).expanduser())
+        return value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelSpec:
+    """One served model, resolved: where it comes from, its names, and its own options."""
+
+    names: tuple[str, ...]  # the first is the one replies carry
+    source: str  # local folder or hub id
+    local: bool
+    cache_dir: Path
+    offline: bool
+    model_type: str
+    trust_remote_code: bool
+    max_length: int
+    dtype: str
+    batch_size: int
+    max_batch_tokens: int
+    max_queue: int
+    instruction: str | None
+    cutoff_layer: int | None
+    compress_ratio: int
+    compress_layers: tuple[int, ...]
+
+    @property
+    def name(self) -> str:
+        return self.names[0]
+
+    def describe(self) -> str:
+        """Where it loads from, for messages: ``folder '/m/x'`` or ``model 'org/x' (cache './models')``."""
+        return f"folder {self.source!r}" if self.local else f"model {self.source!r} (cache {str(self.cache_dir)!r})"
+
+
+def _is_local(source: str) -> bool:
+    # Hub ids are "name" or "org/name"; anything that exists on disk or is written as a path is a folder.
+    return source.startswith(("/", "./", "../", "~")) or Path(source).expanduser().is_dir()
+
+
+def _check_model_folder(folder: Path) -> None:
+    if not folder.is_dir():
+        raise ValueError(f"folder {str(folder)!r} does not exist")
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"folder {str(folder)!r} holds no config.json: is it a model folder?")
+
+
+def _parse_model_list(text: str) -> list[Any]:
+    """``rerank-v3.5=BAAI/bge-reranker-v2-m3, /models/bge-base`` or a JSON list of such strings
+    and ``{"model": ..., "name": ..., <option>: ...}`` objects."""
+    text = text.strip()
+    if text.startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"starts with '[' but is not a JSON list ({exc})") from None
+        if not isinstance(items, list):
+            raise ValueError("must be a JSON list")
+    else:
+        items = [item for item in re.split(r"[\s,]+", text) if item]
+    out: list[Any] = []
+    for item in items:
+        if isinstance(item, str):
+            name, sep, source = item.strip().partition("=")
+            out.append({"model": source.strip(), "name": name.strip()} if sep else {"model": name.strip()})
+        else:
+            out.append(item)
+    return out
+
+
+def _merge_specs(specs: list[ModelSpec]) -> list[ModelSpec]:
+    """Entries that differ only in their names are one model (loaded once, every name served);
+    a name given to two different models is an error."""
+    merged: dict[ModelSpec, ModelSpec] = {}  # keyed by the spec without its names
+    for spec in specs:
+        key = replace(spec, names=())
+        kept = merged.get(key)
+        merged[key] = spec if kept is None else replace(kept, names=tuple(dict.fromkeys(kept.names + spec.names)))
+    owners: dict[str, ModelSpec] = {}
+    for spec in merged.values():
+        for name in spec.names:
+            other = owners.setdefault(name, spec)
+            if other is not spec:
+                what = "two different models" if other.source != spec.source else "one model with two sets of options"
+                raise ValueError(f"RERANKER_MODELS: the name {name!r} is given to {what}")
+    return list(merged.values())
 
 
 class Settings(BaseSettings):
@@ -51,8 +189,25 @@ class Settings(BaseSettings):
     max_length: int = Field(512, ge=8, le=131072, description="Tokens per (query, document) pair, specials included.")
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
     use_fp16: bool = Field(True, description="Half precision on CUDA (ignored on CPU/MPS).")
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
-        "auto", description="Explicit compute dtype; wins over USE_FP16."
+    dtype: DType = Field("auto", description="Explicit compute dtype; wins over USE_FP16.")
+    model_type: ModelType = Field("auto", description="Model family; auto: read from the model's config.")
+    trust_remote_code: bool = Field(
+        False, description="Run Python code shipped with the model (layer-wise/lightweight rerankers need it)."
+    )
+    instruction: str | None = Field(
+        None, description="Default instruction (Qwen3-Reranker) or prompt (LLM rerankers); unset: the model card's."
+    )
+    cutoff_layer: int | None = Field(None, ge=1, description="Layer whose score layer-wise rerankers use.")
+    compress_ratio: int = Field(1, ge=1, description="Token compression of lightweight rerankers (1: none).")
+    compress_layers: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: [8], description="Layers where lightweight rerankers compress (comma-separated)."
+    )
+    models: Annotated[list[ModelEntry], NoDecode] = Field(
+        default_factory=list,
+        description="Several models: `alias=model,model2,...` or a JSON list; empty: MODEL_PATH / MODEL_NAME.",
+    )
+    unknown_model: Literal["error", "default"] = Field(
+        "error", description="A request naming a model not served: error (404) or the default model."
     )
 
     # --- engine ---------------------------------------------------------------------------
@@ -89,13 +244,25 @@ class Settings(BaseSettings):
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
-    @field_validator("dtype", "device", mode="before")
+    @field_validator("dtype", "device", "model_type", "unknown_model", mode="before")
     @classmethod
     def _normalise_choice(cls, value: object) -> object:
         if not isinstance(value, str):
             return value
         value = value.strip().lower()
-        return {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}.get(value, value)
+        return _DTYPE_ALIASES.get(value, value)
+
+    @field_validator("compress_layers", mode="before")
+    @classmethod
+    def _split_ints(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [v for v in re.split(r"[\s,]+", value.strip().strip("[]")) if v]
+        return value
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _parse_models(cls, value: object) -> object:
+        return _parse_model_list(value) if isinstance(value, str) else value
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -110,7 +277,7 @@ class Settings(BaseSettings):
             return [o.strip() for o in text.split(",") if o.strip()]
         return value
 
-    @field_validator("api_key", "served_model_name", "model_path", mode="before")
+    @field_validator("api_key", "served_model_name", "model_path", "instruction", "cutoff_layer", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # `RERANKER_API_KEY=` in a .env means "no key", not "the empty key".
@@ -122,10 +289,7 @@ class Settings(BaseSettings):
         if value is None:
             return None
         value = value.expanduser()
-        if not value.is_dir():
-            raise ValueError(f"folder {str(value)!r} does not exist")
-        if not (value / "config.json").is_file():
-            raise ValueError(f"folder {str(value)!r} holds no config.json: is it a model folder?")
+        _check_model_folder(value)
         return value
 
     @field_validator("model_cache_dir")
@@ -133,38 +297,69 @@ class Settings(BaseSettings):
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
 
+    _specs: list[ModelSpec] = PrivateAttr(default_factory=list)
+
     @model_validator(mode="after")
-    def _queue_holds_a_request(self) -> Settings:
-        # A request larger than the queue could never be admitted: 429 forever.
-        if self.max_queue < self.max_documents:
-            raise ValueError(
-                f"RERANKER_MAX_QUEUE ({self.max_queue}) must be at least RERANKER_MAX_DOCUMENTS ({self.max_documents})"
-            )
+    def _build_specs(self) -> Settings:
+        self._specs = _merge_specs([self._spec(entry) for entry in self.models] if self.models else [self._single()])
+        for spec in self._specs:
+            # A request larger than the queue could never be admitted: 429 forever.
+            if spec.max_queue < self.max_documents:
+                where = "RERANKER_MAX_QUEUE" if spec.max_queue == self.max_queue else f"max_queue of {spec.name!r}"
+                raise ValueError(
+                    f"{where} ({spec.max_queue}) must be at least RERANKER_MAX_DOCUMENTS ({self.max_documents})"
+                )
         return self
 
-    @property
-    def model_source(self) -> str:
-        """What the loader gets: the local folder when there is one, else the hub id."""
-        return str(self.model_path) if self.model_path is not None else self.model_name
+    def _single(self) -> ModelSpec:
+        """The one model of MODEL_PATH / MODEL_NAME / SERVED_MODEL_NAME (RERANKER_MODELS unset)."""
+        if self.served_model_name:
+            name = self.served_model_name
+        elif self.model_path is not None and "model_name" not in self.model_fields_set:
+            name = self.model_path.name
+        else:
+            name = self.model_name
+        # The hub id is accepted as well, so clients configured with it work with any alias.
+        names = (name, self.model_name) if self.model_path is None or "model_name" in self.model_fields_set else (name,)
+        source = str(self.model_path) if self.model_path is not None else self.model_name
+        return self._spec(ModelEntry(model=source, name=list(dict.fromkeys(names))), local=self.model_path is not None)
+
+    def _spec(self, entry: ModelEntry, *, local: bool | None = None) -> ModelSpec:
+        if local is None:
+            local = _is_local(entry.model)
+        source = str(Path(entry.model).expanduser()) if local else entry.model
+        if isinstance(entry.name, str):
+            names: tuple[str, ...] = (entry.name,)
+        elif entry.name:
+            names = tuple(entry.name)
+        else:
+            names = (Path(source).name if local else source,)
+        inherit = {key: getattr(self, key) for key in _PER_MODEL}
+        inherit.update(entry.model_dump(include=set(_PER_MODEL), exclude_none=True))
+        return ModelSpec(
+            names=names, source=source, local=local, cache_dir=self.model_cache_dir, offline=self.use_offline_mode,
+            **{**inherit, "compress_layers": tuple(inherit["compress_layers"])},
+        )
 
     @property
-    def model_id(self) -> str:
-        """The name replies carry and the `model` field may ask for."""
-        if self.served_model_name:
-            return self.served_model_name
-        if self.model_path is not None and "model_name" not in self.model_fields_set:
-            return self.model_path.name
-        return self.model_name
+    def model_specs(self) -> list[ModelSpec]:
+        """Every served model, the default first."""
+        return list(self._specs)
 
 
 def describe_validation_error(error: ValidationError) -> str:
-    """One line naming each bad variable, e.g. ``RERANKER_PORT: must be ≤ 65535 (got '70000')``."""
+    """One line naming each bad variable, e.g. ``RERANKER_PORT: must be ≤ 65535 (got '70000')``
+    or ``RERANKER_MODELS[1].max_length: ...``."""
     parts = []
     for item in error.errors():
-        name = ENV_PREFIX + "_".join(str(p) for p in item["loc"]).upper() if item["loc"] else "settings"
         message = item["msg"].removeprefix("Value error, ")
         got = item.get("input")
         shown = f" (got {got!r})" if isinstance(got, (str, int, float)) and item["type"] != "missing" else ""
+        loc = item["loc"]
+        if not loc:  # a check across variables: its message names them
+            parts.append(f"{message}{shown}")
+            continue
+        name = ENV_PREFIX + str(loc[0]).upper() + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc[1:])
         parts.append(f"{name}: {message}{shown}")
     return "; ".join(parts)
 
@@ -180,14 +375,14 @@ def load_settings(**overrides: object) -> Settings:
         raise ConfigError(f"invalid configuration: {exc}{cause}") from None
 
 
-def apply_offline_environment(settings: Settings) -> None:
+def apply_offline_environment(*, offline: bool) -> None:
     """Offline mode: make every Hugging Face library refuse the network, not just our calls;
     and in any mode: no hub telemetry, no progress bars in a server's log.
 
     huggingface_hub reads these variables when it is first imported, so this runs before the
     model libraries are imported (in ``__main__``) and again before loading (harmless twice).
     """
-    if settings.use_offline_mode:
+    if offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")

@@ -64,8 +64,9 @@ def _verify(folder: Path) -> str:
     from .device import Placement
     from .models import load_model
 
-    model = load_model(Settings(_env_file=None, model_path=folder), Placement("cpu", torch.float32))
-    return f"{type(model).__name__}, max_length {model.max_length}"
+    spec = Settings(_env_file=None, model_path=folder).model_specs[0]
+    model = load_model(spec, Placement("cpu", torch.float32))
+    return f"{model.family} reranker, max_length {model.max_length}"
 
 
 def main(argv: list[str] | None = None) -> int:

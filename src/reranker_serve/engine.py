@@ -1,4 +1,4 @@
-"""The engine: one loaded model plus the batcher that feeds it.
+"""The engine: one loaded model plus the batcher that feeds it (one engine per served model).
 
 It knows nothing about HTTP. ``score()`` tokenizes off the event loop, queues the pairs and
 returns raw logits with token counts; the service turns those into ranked results.
@@ -7,6 +7,7 @@ returns raw logits with token counts; the service turns those into ranked result
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -15,10 +16,10 @@ import anyio
 import torch
 from loguru import logger
 
-from .batcher import Batcher
-from .config import Settings
+from .batcher import Batcher, Forward
+from .config import ModelSpec, Settings
 from .device import Placement, configure_cpu_threads, resolve_placement
-from .models import EncodeOptions, ScoringModel, load_model
+from .models import EncodeOptions, Pair, ScoringModel, load_model
 
 __all__ = ["Engine", "EngineScores"]
 
@@ -44,36 +45,53 @@ def default_batch_tokens(device: str) -> int:
     return 16384 if device.startswith("cuda") else 2048
 
 
+def _serialised(forward: Forward, lock: threading.Lock) -> Forward:
+    def run(batch: Sequence[Pair]) -> list[float]:
+        with lock:
+            return forward(batch)
+
+    return run
+
+
 class Engine:
-    def __init__(self, model: ScoringModel, settings: Settings, *, load_seconds: float = 0.0) -> None:
+    """One served model (``spec``, default: the first of the settings) and its own batcher.
+
+    Engines of several models share ``device_lock``: two forward passes at once on the same
+    cores or GPU only slow each other down, so they take turns.
+    """
+
+    def __init__(self, model: ScoringModel, settings: Settings, spec: ModelSpec | None = None, *,
+                 load_seconds: float = 0.0, device_lock: threading.Lock | None = None) -> None:
         self.model = model
         self.settings = settings
+        self.spec = spec or settings.model_specs[0]
         self.load_seconds = load_seconds
+        forward = model.forward if device_lock is None else _serialised(model.forward, device_lock)
         self.batcher = Batcher(
-            model.forward,
-            max_batch_tokens=settings.max_batch_tokens or default_batch_tokens(model.device),
-            max_batch_size=settings.batch_size,
-            max_queue=settings.max_queue,
+            forward,
+            max_batch_tokens=self.spec.max_batch_tokens or default_batch_tokens(model.device),
+            max_batch_size=self.spec.batch_size,
+            max_queue=self.spec.max_queue,
             batch_wait=settings.batch_wait_ms / 1000.0,
             is_oom=_is_oom,
         )
 
     @classmethod
-    def load(cls, settings: Settings, placement: Placement | None = None) -> Engine:
+    def load(cls, settings: Settings, spec: ModelSpec | None = None, *, placement: Placement | None = None,
+             device_lock: threading.Lock | None = None) -> Engine:
         """Resolve device and dtype, load the model, warm it up. Blocking: run it in a thread."""
-        placement = placement or resolve_placement(
-            device=settings.device, dtype=settings.dtype, use_fp16=settings.use_fp16
-        )
+        spec = spec or settings.model_specs[0]
+        placement = placement or resolve_placement(device=settings.device, dtype=spec.dtype, use_fp16=settings.use_fp16)
         if placement.device == "cpu":
             threads = configure_cpu_threads(settings.num_threads)
             logger.info("CPU inference with {} torch threads", threads)
         started = time.perf_counter()
-        model = load_model(settings, placement)
-        engine = cls(model, settings, load_seconds=time.perf_counter() - started)
+        model = load_model(spec, placement)
+        engine = cls(model, settings, spec, load_seconds=time.perf_counter() - started, device_lock=device_lock)
         engine.warm_up()
         logger.info(
-            "model {} loaded in {:.1f} s on {} ({}), max_length {}",
-            model.name, engine.load_seconds, model.device, model.dtype_name, model.max_length,
+            "model {} ({}) loaded in {:.1f} s on {} ({}), max_length {}",
+            model.name, model.family, engine.load_seconds, model.device, model.dtype_name, model.max_length,
         )
         return engine
 

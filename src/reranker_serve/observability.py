@@ -37,31 +37,41 @@ class Metrics:
             "reranker_request_duration_seconds", "End-to-end request time", ["dialect"],
             buckets=_LATENCY_BUCKETS, registry=r,
         )
+        # Per served model (label `model`: the name replies carry).
         self.queue_wait = Histogram(
-            "reranker_queue_wait_seconds", "Time a request waited for its first batch", buckets=_LATENCY_BUCKETS,
-            registry=r,
+            "reranker_queue_wait_seconds", "Time a request waited for its first batch", ["model"],
+            buckets=_LATENCY_BUCKETS, registry=r,
         )
         self.inference = Histogram(
-            "reranker_inference_seconds", "Forward-pass time spent on a request's batches", buckets=_LATENCY_BUCKETS,
+            "reranker_inference_seconds", "Forward-pass time spent on a request's batches", ["model"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.documents = Counter("reranker_documents", "Documents scored", ["model"], registry=r)
+        self.tokens = Counter("reranker_tokens", "Tokens fed to the model", ["model"], registry=r)
+        self.batch_pairs = Histogram(
+            "reranker_batch_size", "Pairs per forward pass", ["model"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
             registry=r,
         )
-        self.documents = Counter("reranker_documents", "Documents scored", registry=r)
-        self.tokens = Counter("reranker_tokens", "Tokens fed to the model", registry=r)
-        self.batch_pairs = Histogram(
-            "reranker_batch_size", "Pairs per forward pass", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r
-        )
         self.batch_tokens = Histogram(
-            "reranker_batch_tokens", "Padded tokens per forward pass",
+            "reranker_batch_tokens", "Padded tokens per forward pass", ["model"],
             buckets=(64, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768), registry=r,
         )
-        self.queue_depth = Gauge("reranker_queue_depth", "Pairs waiting for the model", registry=r)
-        self.model_load = Gauge("reranker_model_load_seconds", "Time taken to load and warm up the model", registry=r)
+        self.queue_depth = Gauge("reranker_queue_depth", "Pairs waiting for the model", ["model"], registry=r)
+        self.model_load = Gauge("reranker_model_load_seconds", "Time taken to load and warm up the model", ["model"],
+                                registry=r)
         self.auth_failures = Counter("reranker_auth_failures", "Requests refused for a missing or wrong API key",
                                      ["dialect"], registry=r)
 
-    def observe_batch(self, pairs: int, padded_tokens: int) -> None:
-        self.batch_pairs.observe(pairs)
-        self.batch_tokens.observe(padded_tokens)
+    def observe_batch(self, model: str, pairs: int, padded_tokens: int) -> None:
+        self.batch_pairs.labels(model).observe(pairs)
+        self.batch_tokens.labels(model).observe(padded_tokens)
+
+    def observe_request(self, model: str, *, documents: int, tokens: int, queue_time: float,
+                        inference_time: float) -> None:
+        self.documents.labels(model).inc(documents)
+        self.tokens.labels(model).inc(tokens)
+        self.queue_wait.labels(model).observe(queue_time)
+        self.inference.labels(model).observe(inference_time)
 
 
 # -- request context ----------------------------------------------------------------------------

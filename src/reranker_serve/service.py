@@ -5,7 +5,8 @@ validation that does not depend on the wire format happens here, in a fixed orde
 dialect rejects the same requests for the same reasons:
 
     query non-empty → documents non-empty → documents ≤ MAX_DOCUMENTS → top_n ≥ 0
-    → max_tokens_per_doc ≥ 1 → 1 ≤ max_chunks_per_doc ≤ 100 → model ready
+    → max_tokens_per_doc ≥ 1 → 1 ≤ max_chunks_per_doc ≤ 100 → `model` is served → it is loaded
+    → an instruction only for models that take one
     → score (tokenize, queue, forward; a chunked document scores as its best window) → rank
 """
 
@@ -15,7 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
-from .config import MAX_CHUNKS_PER_DOC, Settings
+from .config import MAX_CHUNKS_PER_DOC, ModelSpec, Settings
 from .engine import Engine
 from .errors import ErrorKind, RerankError
 from .observability import Metrics
@@ -35,6 +36,7 @@ class RerankQuery:
     truncation_direction: Literal["right", "left"] = "right"
     max_tokens_per_doc: int | None = None
     max_chunks_per_doc: int | None = None  # None: the server's RERANKER_MAX_CHUNKS_PER_DOC
+    instruction: str | None = None  # None: the model's default (LLM rerankers only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,38 +60,56 @@ def _invalid(message: str) -> RerankError:
 
 
 class Reranker:
-    """Owns the (possibly still loading) engine and ranks documents with it."""
+    """Owns the engines of every served model (some possibly still loading) and ranks with them."""
 
-    def __init__(self, settings: Settings, engine: Engine | None = None, *, metrics: Metrics | None = None) -> None:
+    def __init__(self, settings: Settings, engines: Sequence[Engine] = (), *, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self.load_error: str | None = None
-        self.engine: Engine | None = None
-        if engine is not None:
+        self.specs = settings.model_specs
+        self.default = self.specs[0]
+        self._by_name = {name: spec for spec in self.specs for name in spec.names}
+        self.engines: dict[str, Engine] = {}  # by the spec's first name
+        self.load_errors: dict[str, str] = {}
+        for engine in engines:
             self.attach(engine)
 
     def attach(self, engine: Engine) -> None:
-        """Start serving with a loaded engine (its batches feed the metrics)."""
-        engine.batcher.on_batch = self.metrics.observe_batch
-        self.metrics.queue_depth.set_function(lambda: engine.batcher.queued_pairs)
-        self.metrics.model_load.set(engine.load_seconds)
+        """Start serving a loaded engine (its batches feed the metrics)."""
+        name = engine.spec.name
+        engine.batcher.on_batch = lambda pairs, tokens: self.metrics.observe_batch(name, pairs, tokens)
+        self.metrics.queue_depth.labels(name).set_function(lambda: engine.batcher.queued_pairs)
+        self.metrics.model_load.labels(name).set(engine.load_seconds)
         engine.start()
-        self.engine = engine
-
-    @property
-    def model_id(self) -> str:
-        return self.engine.model.name if self.engine else self.settings.model_id
+        self.engines[name] = engine
 
     @property
     def ready(self) -> bool:
-        return self.engine is not None
+        return len(self.engines) == len(self.specs)
 
-    def _require_engine(self) -> Engine:
-        if self.engine is not None:
-            return self.engine
-        if self.load_error:
-            raise RerankError(ErrorKind.NOT_READY, f"the model failed to load: {self.load_error}")
-        raise RerankError(ErrorKind.NOT_READY, "the model is still loading; retry shortly", retry_after=5)
+    @property
+    def load_error(self) -> str | None:
+        return next(iter(self.load_errors.values()), None)
+
+    def spec_for(self, model: str | None) -> ModelSpec:
+        """The served model a request's `model` names (none: the default)."""
+        if model is None or not model.strip():
+            return self.default
+        spec = self._by_name.get(model)
+        if spec is not None:
+            return spec
+        if self.settings.unknown_model == "default":
+            return self.default
+        served = ", ".join(repr(n) for spec in self.specs for n in spec.names)
+        raise RerankError(ErrorKind.MODEL_NOT_FOUND, f"model {model!r} is not served here; served models: {served}")
+
+    def _require_engine(self, spec: ModelSpec) -> Engine:
+        engine = self.engines.get(spec.name)
+        if engine is not None:
+            return engine
+        error = self.load_errors.get(spec.name)
+        if error:
+            raise RerankError(ErrorKind.NOT_READY, f"the model failed to load: {error}")
+        raise RerankError(ErrorKind.NOT_READY, f"the model {spec.name!r} is still loading; retry shortly", retry_after=5)
 
     async def rerank(self, q: RerankQuery) -> RerankResult:
         if not q.query.strip():
@@ -111,28 +131,29 @@ class Reranker:
             raise _invalid(
                 f"max_chunks_per_doc must be between 1 and {MAX_CHUNKS_PER_DOC}, got {q.max_chunks_per_doc}"
             )
-        engine = self._require_engine()
+        engine = self._require_engine(self.spec_for(q.model))
+        model = engine.model
+        if q.instruction is not None and not model.takes_instruction:
+            raise _invalid(f"model {model.name!r} ({model.family} reranker) takes no instruction; leave it out")
 
         overrides: dict[str, object] = dict(
-            truncate=q.truncate, truncation_direction=q.truncation_direction, max_doc_tokens=q.max_tokens_per_doc
+            truncate=q.truncate, truncation_direction=q.truncation_direction, max_doc_tokens=q.max_tokens_per_doc,
+            instruction=q.instruction,
         )
         if q.max_chunks_per_doc is not None:
             overrides["max_chunks"] = q.max_chunks_per_doc
         options = engine.encode_options(**overrides)
         scored = await engine.score(q.query, q.documents, options)
-        self.metrics.documents.inc(n)
-        self.metrics.tokens.inc(scored.tokens)
-        self.metrics.queue_wait.observe(scored.queue_time)
-        self.metrics.inference.observe(scored.inference_time)
+        self.metrics.observe_request(model.name, documents=n, tokens=scored.tokens, queue_time=scored.queue_time,
+                                     inference_time=scored.inference_time)
         raw = scored.raw
         if any(not math.isfinite(x) for x in raw):
             raise RerankError(
                 ErrorKind.BACKEND,
-                f"the model produced non-finite scores in {engine.model.dtype_name}; "
+                f"the model produced non-finite scores in {model.dtype_name}; "
                 "set RERANKER_DTYPE=float32 if this repeats",
             )
-        activate = engine.model.activate
-        scores = raw if q.raw_scores else [activate(x) for x in raw]
+        scores = raw if q.raw_scores else [model.activate(x) for x in raw]
         # sorted() is stable: equal scores keep the order the client sent.
         order = sorted(range(n), key=lambda i: -scores[i])
         if q.top_n:
@@ -141,7 +162,7 @@ class Reranker:
             Ranked(i, scores[i], q.documents[i] if q.return_documents else None) for i in order
         ]
         return RerankResult(
-            model=engine.model.name,
+            model=model.name,
             results=results,
             total_tokens=scored.tokens,
             queue_time=scored.queue_time,

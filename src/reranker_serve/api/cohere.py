@@ -24,7 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, WithJsonSchema
 from ..errors import ErrorKind, RerankError
 from ..service import RerankQuery, RerankResult
 from .common import (
-    JsonInt, MaxChunks, NON_BLANK, NON_EMPTY, TopN, Usage, dialect_route, document_texts, error_responses, timing_headers,
+    Instruction, JsonInt, MaxChunks, ModelName, NON_BLANK, NON_EMPTY, TopN, Usage, dialect_route, document_texts,
+    error_responses, timing_headers,
 )
 from .deps import RerankerDep
 
@@ -40,7 +41,7 @@ Document = str | Annotated[dict[str, Any], WithJsonSchema({"type": "object", "re
 class _CohereRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    model: str | None = Field(None, description="Accepted for compatibility; the served model answers.")
+    model: ModelName = None
     query: str = Field(examples=["What is the capital of the United States?"], json_schema_extra=NON_BLANK)
     documents: list[Document] = Field(
         description="Strings, or objects with a `text` field (see rank_fields).", json_schema_extra=NON_EMPTY
@@ -48,6 +49,7 @@ class _CohereRequest(BaseModel):
     top_n: TopN = None
     rank_fields: list[str] | None = Field(None, description="Object fields to rank on (default: `text`).")
     return_documents: StrictBool = Field(False, description="Include each document in the results.")
+    instruction: Instruction = None
 
     def _query(self, **extra: Any) -> RerankQuery:
         return RerankQuery(
@@ -56,6 +58,7 @@ class _CohereRequest(BaseModel):
             top_n=self.top_n,
             return_documents=False,  # the reply returns the client's own document objects
             model=self.model,
+            instruction=self.instruction,
             **extra,
         )
 
@@ -156,7 +159,7 @@ def render_error(exc: RerankError) -> Response:
 
 # -- routes ----------------------------------------------------------------------------------------
 router = APIRouter(route_class=dialect_route(render_error), tags=["Cohere"])
-_ERRORS: Sequence[int] = (400, 401, 429, 500, 503, 504)
+_ERRORS: Sequence[int] = (400, 401, 404, 429, 500, 503, 504)
 
 
 @router.post(

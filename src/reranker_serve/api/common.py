@@ -28,8 +28,9 @@ from ..errors import ErrorKind, RerankError
 from ..service import RerankResult
 
 __all__ = [
-    "NON_BLANK", "NON_EMPTY", "ErrorRenderer", "JsonInt", "MaxChunks", "TopN", "TextDocument", "Usage", "bearer_scheme", "describe_validation", "dialect_route",
-    "document_texts", "error_responses", "timing_headers",
+    "NON_BLANK", "NON_EMPTY", "ErrorRenderer", "Instruction", "JsonInt", "MaxChunks", "ModelName", "TopN",
+    "TextDocument", "Usage", "bearer_scheme", "describe_validation", "dialect_route", "document_texts",
+    "error_responses", "timing_headers",
 ]
 
 ErrorRenderer = Callable[[RerankError], Response]
@@ -219,6 +220,18 @@ MaxChunks = Annotated[
         "as its best window (null: the server's RERANKER_MAX_CHUNKS_PER_DOC; 1: truncate).",
     ),
 ]
+
+# The model a request selects, and the instruction of LLM rerankers: extra fields of every dialect.
+ModelName = Annotated[
+    str | None,
+    Field(description="A served model's name or alias (GET /v1/models); null: the default model."),
+]
+Instruction = Annotated[
+    str | None,
+    Field(description="Task instruction for LLM rerankers (Qwen3-Reranker's <Instruct>, the prompt of "
+          "bge-reranker-v2-gemma); null: the model's default. Models without one refuse it."),
+]
+
 
 class Usage(BaseModel):
     total_tokens: int = Field(description="Tokens fed to the model for this request, special tokens included.")

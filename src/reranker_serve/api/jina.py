@@ -15,7 +15,10 @@ from pydantic import BaseModel, ConfigDict, StrictBool, Field
 
 from ..errors import RerankError
 from ..service import RerankQuery, RerankResult
-from .common import MaxChunks, NON_BLANK, NON_EMPTY, TopN, TextDocument, Usage, dialect_route, error_responses, timing_headers
+from .common import (
+    Instruction, MaxChunks, ModelName, NON_BLANK, NON_EMPTY, TopN, TextDocument, Usage, dialect_route, error_responses,
+    timing_headers,
+)
 from .deps import RerankerDep
 
 __all__ = ["router"]
@@ -34,12 +37,13 @@ class JinaQuery(BaseModel):
 class JinaRerankRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    model: str | None = Field(None, examples=["jina-reranker-v2-base-multilingual"])
+    model: ModelName = Field(None, examples=["jina-reranker-v2-base-multilingual"])
     query: Annotated[str, Field(examples=["Organic skincare products for sensitive skin"], json_schema_extra=NON_BLANK)] | JinaQuery
     documents: list[str | JinaDocument] = Field(json_schema_extra=NON_EMPTY)
     top_n: TopN = None
     return_documents: StrictBool = Field(True, description="Include each document as {text} (Jina's default: true).")
     max_chunks_per_doc: MaxChunks = None
+    instruction: Instruction = None
 
     def to_query(self) -> RerankQuery:
         query = self.query if isinstance(self.query, str) else self.query.text
@@ -50,6 +54,7 @@ class JinaRerankRequest(BaseModel):
             return_documents=self.return_documents,
             model=self.model,
             max_chunks_per_doc=self.max_chunks_per_doc,
+            instruction=self.instruction,
         )
 
 
@@ -96,7 +101,7 @@ router = APIRouter(route_class=dialect_route(render_error), tags=["Jina"])
     "/api/v1/rerank",
     response_model=JinaRerankResponse,
     response_model_exclude_none=True,
-    responses=error_responses(JinaErrorResponse, statuses=(401, 413, 422, 429, 500, 503, 504)),
+    responses=error_responses(JinaErrorResponse, statuses=(401, 404, 413, 422, 429, 500, 503, 504)),
     summary="Rerank documents (Jina AI)",
 )
 async def rerank(body: JinaRerankRequest, reranker: RerankerDep, response: Response) -> JinaRerankResponse:

@@ -18,7 +18,10 @@ from pydantic import BaseModel, ConfigDict, StrictBool, Discriminator, Field, Ta
 
 from ..errors import ErrorKind, RerankError
 from ..service import RerankQuery, RerankResult
-from .common import MaxChunks, NON_BLANK, NON_EMPTY, TopN, TextDocument, Usage, dialect_route, error_responses, timing_headers
+from .common import (
+    Instruction, MaxChunks, ModelName, NON_BLANK, NON_EMPTY, TopN, TextDocument, Usage, dialect_route, error_responses,
+    timing_headers,
+)
 from .deps import RerankerDep
 
 __all__ = ["router"]
@@ -28,7 +31,7 @@ __all__ = ["router"]
 class NativeRerankRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    model: str | None = Field(None, description="Accepted for compatibility; the served model answers.")
+    model: ModelName = None
     query: str = Field(description="The search query.", examples=["What is the capital of France?"],
                        json_schema_extra=NON_BLANK)
     documents: list[str] = Field(description="Candidate documents, as plain strings.", json_schema_extra=NON_EMPTY)
@@ -36,6 +39,7 @@ class NativeRerankRequest(BaseModel):
     return_documents: StrictBool = Field(False, description="Include each document's text in the results.")
     raw_scores: StrictBool = Field(False, description="Return raw logits instead of sigmoid-normalised scores.")
     max_chunks_per_doc: MaxChunks = None
+    instruction: Instruction = None
 
     def to_query(self) -> RerankQuery:
         return RerankQuery(
@@ -46,6 +50,7 @@ class NativeRerankRequest(BaseModel):
             raw_scores=self.raw_scores,
             model=self.model,
             max_chunks_per_doc=self.max_chunks_per_doc,
+            instruction=self.instruction,
         )
 
     def reply(self, result: RerankResult) -> NativeRerankResponse:
@@ -89,6 +94,8 @@ class TEIRerankRequest(BaseModel):
     truncation_direction: Literal["right", "left"] = "right"
     raw_scores: StrictBool = False
     return_text: StrictBool = False
+    model: ModelName = None
+    instruction: Instruction = None
 
     @field_validator("truncation_direction", mode="before")
     @classmethod
@@ -104,6 +111,8 @@ class TEIRerankRequest(BaseModel):
             raw_scores=self.raw_scores,
             truncate=self.truncate is not False,
             truncation_direction=self.truncation_direction,
+            model=self.model,
+            instruction=self.instruction,
         )
 
     def reply(self, result: RerankResult) -> list[TEIRank]:
@@ -158,7 +167,7 @@ router = APIRouter(route_class=dialect_route(render_error), tags=["native / TEI"
     "/rerank",
     response_model=NativeRerankResponse | list[TEIRank],
     response_model_exclude_none=True,
-    responses=error_responses(TEIErrorResponse, statuses=(401, 413, 422, 429, 500, 503, 504)),
+    responses=error_responses(TEIErrorResponse, statuses=(401, 404, 413, 422, 429, 500, 503, 504)),
     summary="Rerank documents (native shape, or TEI's when the body has `texts`)",
 )
 async def rerank(

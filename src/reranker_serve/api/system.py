@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import time
+from typing import Literal
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from .. import __version__
+from ..config import ModelSpec
+from ..service import Reranker
 from .deps import RerankerDep, SettingsDep
 
 __all__ = ["router"]
@@ -20,9 +25,24 @@ class Status(BaseModel):
     error: str | None = None
 
 
+class ModelInfo(BaseModel):
+    name: str = Field(description="The name replies carry; requests select it by this or an alias.")
+    aliases: list[str] = Field(description="Other names that select it.")
+    source: str = Field(description="Hub id or local folder it was loaded from.")
+    ready: bool
+    family: str | None = Field(description="encoder, qwen3, qwen3-seq-cls, llm, layerwise or lightweight.")
+    device: str | None
+    dtype: str | None
+    max_length: int = Field(description="Tokens per (query, document) pair.")
+    batch_size: int
+    max_batch_tokens: int
+    max_queue: int
+    takes_instruction: bool | None = Field(description="Whether requests may send an `instruction`.")
+
+
 class Info(BaseModel):
-    model: str = Field(description="Name that replies carry.")
-    model_source: str = Field(description="Hub id or local folder it was loaded from.")
+    model: str = Field(description="Name that replies of the default model carry.")
+    model_source: str = Field(description="Hub id or local folder the default model was loaded from.")
     ready: bool
     device: str | None
     dtype: str | None
@@ -32,11 +52,51 @@ class Info(BaseModel):
     max_batch_tokens: int
     max_queue: int
     version: str
+    models: list[ModelInfo] = Field(description="Every served model, the default first.")
     # TEI's /info names, for clients that size their requests from them.
     model_id: str
     model_dtype: str | None
     max_input_length: int
     max_client_batch_size: int
+
+
+class ModelCard(BaseModel):
+    """One entry of `GET /v1/models`, in the OpenAI list shape that vLLM and infinity use."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "reranker-serve"
+    root: str = Field(description="Hub id or local folder.")
+    ready: bool
+    family: str | None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+_STARTED = int(time.time())
+
+
+def _model_info(reranker: Reranker, spec: ModelSpec) -> ModelInfo:
+    engine = reranker.engines.get(spec.name)
+    model = engine.model if engine else None
+    return ModelInfo(
+        name=spec.name,
+        aliases=list(spec.names[1:]),
+        source=spec.source,
+        ready=engine is not None,
+        family=model.family if model else None,
+        device=model.device if model else None,
+        dtype=model.dtype_name if model else None,
+        max_length=model.max_length if model else spec.max_length,
+        batch_size=spec.batch_size,
+        max_batch_tokens=engine.batcher.max_batch_tokens if engine else spec.max_batch_tokens,
+        max_queue=spec.max_queue,
+        takes_instruction=model.takes_instruction if model else None,
+    )
 
 
 @router.get("/health", response_model=Status, response_model_exclude_none=True, summary="Liveness: the process answers")
@@ -58,29 +118,39 @@ async def ready(reranker: RerankerDep) -> Status | JSONResponse:
     return JSONResponse(status.model_dump(exclude_none=True), status_code=503, headers={"Retry-After": "5"})
 
 
-@router.get("/info", response_model=Info, summary="The model and limits being served")
+@router.get("/info", response_model=Info, summary="The models and limits being served")
 async def info(reranker: RerankerDep, settings: SettingsDep) -> Info:
-    engine = reranker.engine
-    model = engine.model if engine else None
-    max_length = model.max_length if model else settings.max_length
-    dtype = model.dtype_name if model else None
+    models = [_model_info(reranker, spec) for spec in reranker.specs]
+    default = models[0]
     return Info(
-        model=reranker.model_id,
-        model_source=settings.model_source,
+        model=default.name,
+        model_source=default.source,
         ready=reranker.ready,
-        device=model.device if model else None,
-        dtype=dtype,
-        max_length=max_length,
+        device=default.device,
+        dtype=default.dtype,
+        max_length=default.max_length,
         max_documents=settings.max_documents,
-        batch_size=settings.batch_size,
-        max_batch_tokens=engine.batcher.max_batch_tokens if engine else settings.max_batch_tokens,
-        max_queue=settings.max_queue,
+        batch_size=default.batch_size,
+        max_batch_tokens=default.max_batch_tokens,
+        max_queue=default.max_queue,
         version=__version__,
-        model_id=reranker.model_id,
-        model_dtype=dtype,
-        max_input_length=max_length,
+        models=models,
+        model_id=default.name,
+        model_dtype=default.dtype,
+        max_input_length=default.max_length,
         max_client_batch_size=settings.max_documents,
     )
+
+
+@router.get("/v1/models", response_model=ModelList, summary="Served models (OpenAI list shape), one entry per name")
+async def list_models(reranker: RerankerDep) -> ModelList:
+    cards = []
+    for spec in reranker.specs:
+        engine = reranker.engines.get(spec.name)
+        family = engine.model.family if engine else None
+        cards += [ModelCard(id=name, created=_STARTED, root=spec.source, ready=engine is not None, family=family)
+                  for name in spec.names]
+    return ModelList(data=cards)
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response,

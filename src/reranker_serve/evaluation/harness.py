@@ -49,26 +49,27 @@ _ROUTES = {
     "native": ("/rerank", lambda q, d: {"query": q, "documents": d}),
     "tei": ("/rerank", lambda q, d: {"query": q, "texts": d}),
     "cohere-v1": ("/v1/rerank", lambda q, d: {"query": q, "documents": d}),
-    "cohere-v2": ("/v2/rerank", lambda q, d: {"model": "default", "query": q, "documents": d}),
-    "jina": ("/api/v1/rerank", lambda q, d: {"model": "default", "query": q, "documents": d,
-                                              "return_documents": False}),
+    "cohere-v2": ("/v2/rerank", lambda q, d: {"query": q, "documents": d}),
+    "jina": ("/api/v1/rerank", lambda q, d: {"query": q, "documents": d, "return_documents": False}),
 }
 
 
 class HttpScorer:
     """Scores through a running service in any of its dialects (or TEI, Cohere, Jina, infinity)."""
 
-    def __init__(self, url: str, *, dialect: str = "native", api_key: str | None = None, retries: int = 5) -> None:
+    def __init__(self, url: str, *, dialect: str = "native", api_key: str | None = None, model: str | None = None,
+                 retries: int = 5) -> None:
         import httpx
 
         self._client = httpx.Client(base_url=url.rstrip("/"), timeout=600,
                                     headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
         self._path, self._body = _ROUTES[dialect]
+        self._model = {"model": model} if model else {}  # none: the server's default model
         self._retries = retries
 
     def __call__(self, query: str, documents: Sequence[str]) -> list[float]:
         for attempt in range(self._retries + 1):
-            r = self._client.post(self._path, json=self._body(query, list(documents)))
+            r = self._client.post(self._path, json={**self._body(query, list(documents)), **self._model})
             if r.status_code in (429, 503) and attempt < self._retries:
                 time.sleep(float(r.headers.get("retry-after", "1")))  # the server said when
                 continue
@@ -93,7 +94,7 @@ class LocalScorer:
 
         config = Settings(_env_file=None, model_path=model, use_offline_mode=True, **settings)  # type: ignore[arg-type]
         self._loop = asyncio.new_event_loop()
-        self._reranker = Reranker(config, Engine.load(config))
+        self._reranker = Reranker(config, [Engine.load(config)])
 
     def __call__(self, query: str, documents: Sequence[str]) -> list[float]:
         from ..service import RerankQuery
@@ -105,8 +106,8 @@ class LocalScorer:
         return scores
 
     def close(self) -> None:
-        if self._reranker.engine is not None:
-            self._reranker.engine.stop()
+        for engine in self._reranker.engines.values():
+            engine.stop()
         self._loop.close()
 
 
@@ -220,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--url", help="rerank through this running service")
     source.add_argument("--model", type=Path, help="rerank in-process with this model folder")
     ap.add_argument("--dialect", choices=sorted(_ROUTES), default="native", help="API dialect for --url")
+    ap.add_argument("--served-model", help="with --url: the `model` to ask for (default: the server's default)")
     ap.add_argument("--api-key")
     ap.add_argument("--max-queries", type=int, help="evaluate only the first N judged queries")
     ap.add_argument("--checkpoint", type=Path, help="resume file (default: .evaluate-cache/<hash>.jsonl)")
@@ -245,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
 
     scorer: Scorer | None = None
     if args.url:
-        scorer = HttpScorer(args.url, dialect=args.dialect, api_key=args.api_key)
+        scorer = HttpScorer(args.url, dialect=args.dialect, api_key=args.api_key, model=args.served_model)
     elif args.model:
         scorer = LocalScorer(args.model)
     checkpoint = None

@@ -1,72 +1,123 @@
-"""Model families and the loader that picks one from the model's config."""
+"""Model families, and the loader that picks one from the model's config.
+
+    family         what it is                                   detected by
+    encoder        bge-reranker-v2-m3/-large/-base, any         *ForSequenceClassification
+                   one-label sequence classifier
+    qwen3-seq-cls  Qwen3-Reranker converted to a classifier     *ForSequenceClassification, model_type qwen3
+    qwen3          Qwen3-Reranker 0.6B/4B/8B (causal LM)        *ForCausalLM, model_type qwen3
+    llm            bge-reranker-v2-gemma (FlagLLMReranker)      *ForCausalLM, model_type gemma
+    layerwise      bge-reranker-v2-minicpm-layerwise            LayerWiseMiniCPMForCausalLM (remote code)
+    lightweight    bge-reranker-v2.5-gemma2-lightweight         CostWiseGemmaForCausalLM (remote code)
+
+RERANKER_MODEL_TYPE overrides the detection (e.g. ``llm`` for another causal LM trained the
+bge-reranker-v2-gemma way). A model that is none of these fails at start-up with a message
+naming what its config says.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
 from loguru import logger
 
-from ..config import Settings, apply_offline_environment
+from ..config import ModelSpec, apply_offline_environment
 from ..device import Placement
 from ..errors import ModelLoadError
 from .base import EncodeOptions, Pair, ScoringModel
-from .encoder import EncoderReranker
 
-__all__ = ["EncodeOptions", "Pair", "ScoringModel", "load_model"]
+__all__ = ["FAMILIES", "EncodeOptions", "Pair", "ScoringModel", "detect_family", "load_model"]
 
-
-def _where(settings: Settings) -> str:
-    if settings.model_path is not None:
-        return f"folder {str(settings.model_path)!r}"
-    return f"model {settings.model_name!r} (cache {str(settings.model_cache_dir)!r})"
+FAMILIES = ("encoder", "qwen3-seq-cls", "qwen3", "llm", "layerwise", "lightweight")
+_REMOTE_CODE = {"layerwise", "lightweight"}
 
 
-def load_model(settings: Settings, placement: Placement) -> ScoringModel:
-    """Load the configured model once; every failure becomes a ModelLoadError naming the source."""
-    apply_offline_environment(settings)
-    # Imported here, not at module import: importing sentence-transformers costs seconds, and
-    # tests and `--help` should not pay for it.
-    from sentence_transformers import CrossEncoder
-    from transformers import AutoConfig
+def detect_family(config: dict[str, Any], requested: str = "auto") -> str:
+    """The family of a model from its config.json (``requested`` wins unless it is "auto")."""
+    if requested != "auto":
+        return requested
+    architectures = list(config.get("architectures") or [])
+    model_type = str(config.get("model_type") or "")
+    if "LayerWiseMiniCPMForCausalLM" in architectures:
+        return "layerwise"
+    if "CostWiseGemmaForCausalLM" in architectures or model_type == "cost_wise_gemma":
+        return "lightweight"
+    if any(a.endswith("ForSequenceClassification") for a in architectures):
+        return "qwen3-seq-cls" if model_type.startswith("qwen3") else "encoder"
+    if any(a.endswith("ForCausalLM") for a in architectures):
+        if model_type.startswith("qwen3"):
+            return "qwen3"
+        if model_type == "gemma":
+            return "llm"
+        # A causal LM is a reranker only if it was trained as one: say how to declare it.
+        raise ModelLoadError(
+            f"a causal language model (architectures={architectures}, model_type={model_type!r}) is not a known "
+            "reranker; if it was trained as one, set RERANKER_MODEL_TYPE=llm (FlagEmbedding's 'Yes' prompt) or "
+            "qwen3 (Qwen3-Reranker's yes/no prompt)"
+        )
+    raise ModelLoadError(
+        f"not a supported reranker: architectures={architectures or 'none'}, model_type={model_type!r}; "
+        "supported: *ForSequenceClassification cross-encoders, Qwen3-Reranker, bge-reranker-v2-gemma, "
+        "bge-reranker-v2-minicpm-layerwise, bge-reranker-v2.5-gemma2-lightweight"
+    )
+
+
+def _read_config(spec: ModelSpec) -> dict[str, Any]:
+    # The raw config.json, not AutoConfig: a model whose code is its own (layer-wise rerankers)
+    # cannot be instantiated before we know to trust it, but its family can be read.
+    from transformers import PretrainedConfig
+
+    try:
+        config, _ = PretrainedConfig.get_config_dict(
+            spec.source, cache_dir=None if spec.local else str(spec.cache_dir), local_files_only=spec.offline
+        )
+    except Exception as exc:  # OSError, ValueError, hub errors: all mean "cannot read it"
+        hint = " (offline mode: download it first with ./download_model.sh, or set RERANKER_MODEL_PATH)"
+        raise ModelLoadError(
+            f"cannot read the model config of {spec.describe()}: {exc}".splitlines()[0]
+            + (hint if spec.offline and not spec.local else "")
+        ) from exc
+    return config
+
+
+def load_model(spec: ModelSpec, placement: Placement) -> ScoringModel:
+    """Load one model; every failure becomes a ModelLoadError naming the source."""
+    apply_offline_environment(offline=spec.offline)
     from transformers.utils import logging as hf_logging
 
     # A server's log is lines, not progress bars (they would break JSON logs too).
     hf_logging.disable_progress_bar()
-
-    source = settings.model_source
-    offline = settings.use_offline_mode
-    cache = str(settings.model_cache_dir)
-    if settings.model_path is None:
-        Path(cache).mkdir(parents=True, exist_ok=True)
-    try:
-        config = AutoConfig.from_pretrained(source, cache_dir=cache, local_files_only=offline)
-    except Exception as exc:  # OSError, ValueError, hub errors: all mean "cannot read it"
-        hint = " (offline mode: download it first with ./download_model.sh, or set RERANKER_MODEL_PATH)"
+    if not spec.local:
+        spec.cache_dir.mkdir(parents=True, exist_ok=True)
+    config = _read_config(spec)
+    family = detect_family(config, spec.model_type)
+    if family in _REMOTE_CODE and not spec.trust_remote_code:
         raise ModelLoadError(
-            f"cannot read the model config of {_where(settings)}: {exc}".splitlines()[0]
-            + (hint if offline and settings.model_path is None else "")
-        ) from exc
-
-    architectures = list(getattr(config, "architectures", None) or [])
-    if not any(a.endswith("ForSequenceClassification") for a in architectures):
-        raise ModelLoadError(
-            f"{_where(settings)} is not a supported reranker: architectures={architectures or 'none'}, "
-            f"model_type={getattr(config, 'model_type', '?')!r}; supported: *ForSequenceClassification cross-encoders"
+            f"{spec.describe()} is a {family} reranker, which runs Python code shipped with the model: "
+            "set RERANKER_TRUST_REMOTE_CODE=true if you trust its source"
         )
+    common: dict[str, Any] = dict(
+        family=family, name=spec.name, max_length=spec.max_length, device=placement.device, dtype=placement.dtype,
+        cache_dir=None if spec.local else str(spec.cache_dir), offline=spec.offline,
+        trust_remote_code=spec.trust_remote_code, instruction=spec.instruction,
+    )
     try:
-        cross_encoder = CrossEncoder(
-            source,
-            device=placement.device,
-            cache_folder=cache if settings.model_path is None else None,
-            local_files_only=offline,
-            max_length=settings.max_length,
-            model_kwargs={"dtype": placement.dtype, "attn_implementation": "sdpa"},
-        )
-        model = EncoderReranker(cross_encoder, name=settings.model_id, max_length=settings.max_length)
+        if family in ("encoder", "qwen3-seq-cls"):
+            from .encoder import load_sequence_classifier
+
+            model: ScoringModel = load_sequence_classifier(spec.source, **common)
+        elif family in ("qwen3", "llm"):
+            from .causal import load_causal_lm
+
+            model = load_causal_lm(spec.source, **common)
+        else:
+            from .layerwise import load_layerwise
+
+            model = load_layerwise(spec.source, **common, cutoff_layer=spec.cutoff_layer,
+                                   compress_ratio=spec.compress_ratio, compress_layers=spec.compress_layers)
     except Exception as exc:
-        raise ModelLoadError(f"cannot load {_where(settings)}: {exc}".splitlines()[0]) from exc
-    if model.max_length < settings.max_length:
-        logger.warning(
-            "RERANKER_MAX_LENGTH={} exceeds what {} accepts; using {}", settings.max_length, source, model.max_length
-        )
+        raise ModelLoadError(f"cannot load {spec.describe()} as a {family} reranker: {exc}".splitlines()[0]) from exc
+    if model.max_length < spec.max_length:
+        logger.warning("max_length {} exceeds what {} accepts; using {}", spec.max_length, spec.source, model.max_length)
+    if spec.instruction is not None and not model.takes_instruction:
+        logger.warning("{} ({} reranker) takes no instruction; the configured one is not used for it", spec.name, family)
     return model

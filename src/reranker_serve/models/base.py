@@ -2,7 +2,7 @@
 
 A family turns (query, documents) into token pairs (``encode``), a batch of pairs into one raw
 score per pair (``forward``), and a raw score into a relevance score (``activate``). The
-activation lives here, once per family, so ``raw_scores`` is simply "skip activate".
+activation lives in the family, once, so ``raw_scores`` is simply "skip activate".
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ import math
 from dataclasses import dataclass
 from typing import Literal, Protocol, Sequence
 
-__all__ = ["EncodeOptions", "Pair", "ScoringModel", "sigmoid", "windows"]
+import torch
+
+__all__ = ["EncodeOptions", "Pair", "ScoringModel", "pad", "sigmoid", "windows"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +23,10 @@ class Pair:
     ids: list[int]
     type_ids: list[int] | None = None
     doc: int = 0  # the request's document this pair scores (several pairs when chunked)
+    # Tokens before and after the segment that holds the document (prompt templates only; the
+    # lightweight LLM reranker compresses what lies between them).
+    before_doc: int = 0
+    after_doc: int = 0
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -44,6 +50,7 @@ class EncodeOptions:
     max_doc_tokens: int | None = None
     max_chunks: int = 1
     chunk_overlap: int = 0
+    instruction: str | None = None  # None: the model's default (families that take one)
 
 
 def windows(ids: list[int], size: int, *, max_chunks: int, overlap: int) -> list[list[int]]:
@@ -61,9 +68,11 @@ def windows(ids: list[int], size: int, *, max_chunks: int, overlap: int) -> list
 
 class ScoringModel(Protocol):
     name: str
+    family: str  # encoder, qwen3, qwen3-seq-cls, llm, layerwise, lightweight
     device: str
     dtype_name: str
     max_length: int  # most tokens per pair the model accepts (positions)
+    takes_instruction: bool  # whether EncodeOptions.instruction means anything to it
 
     def encode(self, query: str, documents: Sequence[str], options: EncodeOptions) -> list[Pair]:
         """At least one pair per document, each naming its document in ``Pair.doc``."""
@@ -82,3 +91,24 @@ def sigmoid(x: float) -> float:
         return 1.0 / (1.0 + math.exp(-x))
     z = math.exp(x)
     return z / (1.0 + z)
+
+
+def pad(batch: Sequence[Pair], pad_id: int, *, side: Literal["right", "left"], device: str) -> dict[str, torch.Tensor]:
+    """Pad a batch into ``input_ids`` and ``attention_mask`` (and, on the left, ``position_ids``).
+
+    Left padding (decoder models, scored at the last position) also passes position ids that
+    start at 0 on each pair's first real token, so a padded pair is computed exactly as it would
+    be alone.
+    """
+    width = max(len(p) for p in batch)
+    rows, masks = [], []
+    for p in batch:
+        fill = [pad_id] * (width - len(p))
+        ones, zeros = [1] * len(p), [0] * (width - len(p))
+        rows.append(p.ids + fill if side == "right" else fill + p.ids)
+        masks.append(ones + zeros if side == "right" else zeros + ones)
+    mask = torch.tensor(masks, dtype=torch.long)
+    out = {"input_ids": torch.tensor(rows, dtype=torch.long), "attention_mask": mask}
+    if side == "left":
+        out["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+    return {k: v.to(device) for k, v in out.items()}

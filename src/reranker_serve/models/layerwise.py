@@ -1,0 +1,81 @@
+"""FlagEmbedding's layer-wise rerankers, which run the model's own code (RERANKER_TRUST_REMOTE_CODE).
+
+    layerwise    bge-reranker-v2-minicpm-layerwise: a score head after several layers; the model
+                 stops at ``cutoff_layers`` and returns one score per position for each of them.
+    lightweight  bge-reranker-v2.5-gemma2-lightweight: the same, plus token compression of the
+                 passage from ``compress_layer`` on at ``compress_ratio``; it needs to know where
+                 the query ends and the prompt begins, so pairs are padded on the right.
+
+Both take FlagEmbedding's prompt ("A: query", "B: passage", prompt) and score one pair by the
+output of the chosen cutoff layer at its last real token; the score is its sigmoid
+(``compute_score(normalize=True)``). RERANKER_CUTOFF_LAYER picks the layer (unset: the model's
+own default, its last), RERANKER_COMPRESS_RATIO and RERANKER_COMPRESS_LAYERS pass through.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from .base import EncodeOptions, Pair, pad, sigmoid
+from .causal import flag_bos, load_hf
+from .encoder import pad_id_of, window_limit
+from .templates import FLAG_LIGHTWEIGHT_PROMPT, FLAG_LLM_PROMPT, PromptTemplate, encode_pairs, flag_llm_template, rust_tokenizer
+
+__all__ = ["LayerwiseReranker", "load_layerwise"]
+
+
+class LayerwiseReranker:
+    takes_instruction = True
+
+    def __init__(self, model: Any, hf_tokenizer: Any, *, name: str, family: str, max_length: int,
+                 template: PromptTemplate, cutoff_layer: int | None, compress_ratio: int,
+                 compress_layers: Sequence[int]) -> None:
+        self._model = model.eval()
+        self.name = name
+        self.family = family
+        self.device = str(self._model.device)
+        self.dtype_name = str(self._model.dtype).removeprefix("torch.")
+        self.template = template
+        self._pad_id = pad_id_of(hf_tokenizer, model.config)
+        self.max_length = window_limit(model.config, hf_tokenizer, max_length)
+        self._kwargs: dict[str, Any] = {"output_hidden_states": True}
+        if cutoff_layer is not None:
+            self._kwargs["cutoff_layers"] = [cutoff_layer]
+        if family == "lightweight":
+            self._kwargs.update(compress_ratio=compress_ratio, compress_layer=list(compress_layers))
+
+    def encode(self, query: str, documents: Sequence[str], options: EncodeOptions) -> list[Pair]:
+        return encode_pairs(self.template, query, documents, options)
+
+    @torch.inference_mode()
+    def forward(self, batch: Sequence[Pair]) -> list[float]:
+        if self.family == "lightweight":
+            # Compression finds the passage by lengths counted from the start: right padding.
+            inputs = pad(batch, self._pad_id, side="right", device=self.device)
+            out = self._model(**inputs, **self._kwargs, query_lengths=[p.before_doc for p in batch],
+                              prompt_lengths=[p.after_doc for p in batch])
+            # One score per position of the first cutoff layer; its mask says where each pair ends
+            # after compression.
+            scores, mask = out.logits[0], out.attention_masks[0]
+            last = mask.sum(dim=1).long() - 1
+            raw = scores[torch.arange(len(batch), device=scores.device), last]
+        else:
+            inputs = pad(batch, self._pad_id, side="left", device=self.device)
+            raw = self._model(**inputs, **self._kwargs).logits[0][:, -1]
+        return raw.float().cpu().tolist()
+
+    def activate(self, raw: float) -> float:
+        return sigmoid(raw)
+
+
+def load_layerwise(source: str, *, family: str, name: str, max_length: int, device: str, dtype: torch.dtype,
+                   cache_dir: str | None, offline: bool, trust_remote_code: bool, instruction: str | None,
+                   cutoff_layer: int | None, compress_ratio: int, compress_layers: Sequence[int]) -> LayerwiseReranker:
+    model, hf_tokenizer = load_hf(source, device=device, dtype=dtype, cache_dir=cache_dir, offline=offline,
+                                  trust_remote_code=trust_remote_code)
+    default = FLAG_LIGHTWEIGHT_PROMPT if family == "lightweight" else FLAG_LLM_PROMPT
+    template = flag_llm_template(rust_tokenizer(hf_tokenizer), bos=flag_bos(hf_tokenizer), prompt=instruction or default)
+    return LayerwiseReranker(model, hf_tokenizer, name=name, family=family, max_length=max_length, template=template,
+                             cutoff_layer=cutoff_layer, compress_ratio=compress_ratio, compress_layers=compress_layers)
