@@ -211,9 +211,27 @@ async def run_load(url: str, dialect: str, requests: list, concurrency: int, hea
     }
 
 
+def batching(url: str) -> dict:
+    """How full the server's forward passes were: real tokens / padded tokens, pairs per batch."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    totals: Counter = Counter()
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=10).text):
+        for sample in family.samples:
+            totals[sample.name] += sample.value
+    padded, batches = totals["reranker_batch_tokens_sum"], totals["reranker_batch_size_count"]
+    if not padded or not batches:
+        return {}
+    return {"real_token_share": totals["reranker_tokens_total"] / padded,
+            "pairs_per_batch": totals["reranker_batch_size_sum"] / batches}
+
+
 def report(name: str, result: dict, request_flops: list[float] | None, peak: float | None) -> None:
+    result["matmul_gflops"] = peak
     line = (f"{name:>9}: {result['pairs_per_s']:7.2f} pairs/s  p50 {result['p50_ms'] or 0:8.1f} ms  "
             f"p99 {result['p99_ms'] or 0:8.1f} ms  statuses {result['statuses']}")
+    if "real_token_share" in result:
+        line += f"  real tokens {100 * result['real_token_share']:.0f}%, {result['pairs_per_batch']:.1f} pairs/batch"
     if request_flops:
         # Only answered requests count as useful work.
         gflops = sum(request_flops[i] for i in result["succeeded"]) / result["seconds"] / 1e9
@@ -308,7 +326,7 @@ def main() -> int:
     else:
         requests = build_requests(args)
         headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-        peak = useful = None
+        useful = None
         if args.model:
             config = json.loads((args.model / "config.json").read_text())
             per_request = pair_lengths(args.model, requests, args.max_length)
@@ -317,6 +335,9 @@ def main() -> int:
             out["workload"] = {"pairs": len(lengths), "tokens": sum(lengths), "mean_tokens": sum(lengths) / len(lengths)}
             print(f"workload: {len(requests)} requests x {args.docs} docs, {sum(lengths)} tokens "
                   f"(mean {sum(lengths) / len(lengths):.0f}/pair), concurrency {args.concurrency}")
+        # The machine's matmul rate, measured with no server running (an idle server's thread pool
+        # still competes for the cores), before and after the runs; the better of the two counts.
+        peaks = {d: matmul_rate(d) for d in ("float32", "bfloat16")} if args.model else {}
         targets: list = [("server", None)] if args.url else [("ours", start_ours)]
         if args.baseline and args.model:
             targets.append(("baseline", start_baseline))
@@ -332,15 +353,23 @@ def main() -> int:
             except (httpx.HTTPError, ValueError):
                 info = {}
             dtype = info.get("dtype") or (args.infinity_dtype if name == "infinity" else "float32")
-            peak = matmul_rate(dtype) if args.model else None
             dialect = args.dialect if name in ("ours", "server") else "native"
             result = asyncio.run(run_load(url, dialect, requests, args.concurrency, headers))
-            result.update(dtype=dtype, matmul_gflops=peak)
-            report(name, result, useful, peak)
+            result["dtype"] = dtype
+            if name in ("ours", "server"):
+                result.update(batching(url))
             out[name] = result
+            print(f"{name:>9}: {result['pairs_per_s']:.2f} pairs/s, statuses {result['statuses']}", flush=True)
             if proc is not None:
                 proc.terminate()
                 proc.wait(60)
+        if peaks:
+            after = {d: matmul_rate(d) for d in peaks}
+            out["matmul_gflops"] = {d: {"before": peaks[d], "after": after[d]} for d in peaks}
+            peaks = {d: max(peaks[d], after[d]) for d in peaks}
+            print("1024³ matmul, GFLOP/s: " + ", ".join(f"{d} {v:.0f}" for d, v in peaks.items()))
+        for name, _ in targets:
+            report(name, out[name], useful, peaks.get(out[name]["dtype"]))
         for other in ("baseline", "infinity"):
             if "ours" in out and other in out:
                 ratio = out["ours"]["pairs_per_s"] / out[other]["pairs_per_s"]

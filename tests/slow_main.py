@@ -9,16 +9,20 @@ import time
 
 from reranker_serve.__main__ import main
 from reranker_serve.models.encoder import SequenceClassificationReranker
+from reranker_serve.models.openvino import OpenVINOReranker
 
-_forward = SequenceClassificationReranker.forward
 _delay = float(os.environ.get("RERANKER_TEST_DELAY", "2"))
 
 
-def slow_forward(self, batch):
-    if len(batch) > 1:  # not the one-pair warm-up
-        time.sleep(_delay)
-    return _forward(self, batch)
+def slowed(forward):
+    def slow_forward(self, batch):
+        if len(batch) > 1:  # not the one-pair warm-up
+            time.sleep(_delay)
+        return forward(self, batch)
+
+    return slow_forward
 
 
-SequenceClassificationReranker.forward = slow_forward
+for cls in (SequenceClassificationReranker, OpenVINOReranker):
+    cls.forward = slowed(cls.forward)
 sys.exit(main())

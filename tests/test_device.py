@@ -64,3 +64,17 @@ def test_cpu_bf16_probe_reads_torch(monkeypatch):
     assert dev.cpu_has_fast_bf16() is True
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
     assert dev.cpu_has_fast_bf16() is False
+
+
+@pytest.mark.parametrize("family,setting,bf16_gpu,expected", [
+    ("qwen3", "auto", True, torch.bfloat16),  # decoder LLMs overflow in fp16: bf16 where the GPU has it
+    ("llm", "auto", False, torch.float16),  # no bf16 on this GPU: fp16 stays
+    ("encoder", "auto", True, torch.float16),  # cross-encoders are fine (and fastest) in fp16
+    ("qwen3", "float16", True, torch.float16),  # an explicit DTYPE always wins
+])
+def test_decoder_llms_get_bf16_on_gpus_that_have_it(monkeypatch, family, setting, bf16_gpu, expected):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_gpu)
+    placement = dev.for_family(dev.Placement("cuda", torch.float16), family, dtype_setting=setting)
+    assert placement.dtype == expected
+    cpu = dev.Placement("cpu", torch.float32)
+    assert dev.for_family(cpu, family, dtype_setting=setting) == cpu

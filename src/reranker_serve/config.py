@@ -24,6 +24,8 @@ MAX_CHUNKS_PER_DOC = 100  # most windows one document may be split into (setting
 
 # How a model turns (query, document) into a score; "auto" reads it from the model's config.
 ModelType = Literal["auto", "encoder", "qwen3", "qwen3-seq-cls", "llm", "layerwise", "lightweight"]
+# What runs the forward pass; "auto": OpenVINO for cross-encoders on the CPU where it is installed.
+Backend = Literal["auto", "torch", "openvino"]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 _DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
 
@@ -34,7 +36,7 @@ class ConfigError(ValueError):
 
 # Options each served model may set for itself (in RERANKER_MODELS); unset, the global one holds.
 _PER_MODEL = (
-    "model_type", "trust_remote_code", "max_length", "dtype", "batch_size", "max_batch_tokens", "max_queue",
+    "model_type", "backend", "trust_remote_code", "max_length", "dtype", "batch_size", "max_batch_tokens", "max_queue",
     "instruction", "cutoff_layer", "compress_ratio", "compress_layers",
 )
 
@@ -48,6 +50,7 @@ class ModelEntry(BaseModel):
     model: str = Field(min_length=1, description="Hugging Face model id or local model folder.")
     name: str | list[str] | None = Field(None, description="Name(s) requests select it by; default: the id.")
     model_type: ModelType | None = None
+    backend: Backend | None = None
     trust_remote_code: bool | None = None
     max_length: int | None = Field(None, ge=8, le=131072)
     dtype: DType | None = None
@@ -59,7 +62,7 @@ class ModelEntry(BaseModel):
     compress_ratio: int | None = Field(None, ge=1)
     compress_layers: list[int] | None = None
 
-    @field_validator("model_type", "dtype", mode="before")
+    @field_validator("model_type", "backend", "dtype", mode="before")
     @classmethod
     def _normalise_choice(cls, value: object) -> object:
         return _DTYPE_ALIASES.get(value.strip().lower(), value.strip().lower()) if isinstance(value, str) else value
@@ -90,6 +93,7 @@ class ModelSpec:
     cache_dir: Path
     offline: bool
     model_type: str
+    backend: str
     trust_remote_code: bool
     max_length: int
     dtype: str
@@ -191,6 +195,9 @@ class Settings(BaseSettings):
     use_fp16: bool = Field(True, description="Half precision on CUDA (ignored on CPU/MPS).")
     dtype: DType = Field("auto", description="Explicit compute dtype; wins over USE_FP16.")
     model_type: ModelType = Field("auto", description="Model family; auto: read from the model's config.")
+    backend: Backend = Field(
+        "auto", description="Forward pass: torch, or openvino (cross-encoders on the CPU); auto: openvino where it applies."
+    )
     trust_remote_code: bool = Field(
         False, description="Run Python code shipped with the model (layer-wise/lightweight rerankers need it)."
     )
@@ -244,7 +251,7 @@ class Settings(BaseSettings):
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
-    @field_validator("dtype", "device", "model_type", "unknown_model", mode="before")
+    @field_validator("dtype", "device", "model_type", "backend", "unknown_model", mode="before")
     @classmethod
     def _normalise_choice(cls, value: object) -> object:
         if not isinstance(value, str):

@@ -3,7 +3,9 @@
 Device: CUDA > MPS > CPU when DEVICE=auto; an explicit device that is absent is a ConfigError.
 Dtype: an explicit DTYPE wins; otherwise fp16 on CUDA (when USE_FP16), bf16 on CPUs that do
 bf16 matrix work in hardware (AMX or AVX512-BF16: a 2-3× speed-up, see docs/benchmarks.md),
-fp32 everywhere else (MPS included: fp16 there has produced NaNs in XLM-R attention).
+fp32 everywhere else (MPS included: fp16 there has produced NaNs in XLM-R attention). Decoder
+LLMs (Qwen3, Gemma) were trained in bf16 and overflow in fp16, so on a GPU that has bf16 they
+get bf16 instead of fp16 (``for_family``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 
 from .config import ConfigError
 
-__all__ = ["Placement", "cpu_has_fast_bf16", "resolve_device", "resolve_dtype", "resolve_placement"]
+__all__ = ["Placement", "cpu_has_fast_bf16", "for_family", "resolve_device", "resolve_dtype", "resolve_placement"]
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -67,6 +69,15 @@ def resolve_dtype(requested: str, *, device: str, use_fp16: bool) -> torch.dtype
 def resolve_placement(*, device: str, dtype: str, use_fp16: bool) -> Placement:
     resolved = resolve_device(device)
     return Placement(resolved, resolve_dtype(dtype, device=resolved, use_fp16=use_fp16))
+
+
+def for_family(placement: Placement, family: str, *, dtype_setting: str) -> Placement:
+    """The automatic fp16 of CUDA, turned into bf16 for decoder LLMs where the GPU supports it."""
+    decoder = family != "encoder"
+    if (dtype_setting == "auto" and decoder and placement.dtype == torch.float16 and placement.device.startswith("cuda")
+            and torch.cuda.is_bf16_supported()):
+        return Placement(placement.device, torch.bfloat16)
+    return placement
 
 
 def configure_cpu_threads(num_threads: int) -> int:

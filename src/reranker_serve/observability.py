@@ -172,6 +172,7 @@ def configure_logging(*, level: str = "info", fmt: str = "text") -> None:
     else:
         logger.add(sys.stderr, level=level.upper(), format=_TEXT_FORMAT, backtrace=False, diagnose=False)
     logging.basicConfig(handlers=[_InterceptHandler()], level=0, force=True)
+    logging.captureWarnings(True)  # library warnings are log lines too, not stray stderr text
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "fastapi"):
         lib = logging.getLogger(name)
         lib.handlers = []

@@ -31,6 +31,7 @@ class ModelInfo(BaseModel):
     source: str = Field(description="Hub id or local folder it was loaded from.")
     ready: bool
     family: str | None = Field(description="encoder, qwen3, qwen3-seq-cls, llm, layerwise or lightweight.")
+    backend: str | None = Field(description="What runs the forward pass: torch or openvino.")
     device: str | None
     dtype: str | None
     max_length: int = Field(description="Tokens per (query, document) pair.")
@@ -89,6 +90,7 @@ def _model_info(reranker: Reranker, spec: ModelSpec) -> ModelInfo:
         source=spec.source,
         ready=engine is not None,
         family=model.family if model else None,
+        backend=model.backend if model else None,
         device=model.device if model else None,
         dtype=model.dtype_name if model else None,
         max_length=model.max_length if model else spec.max_length,

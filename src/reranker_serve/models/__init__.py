@@ -21,7 +21,7 @@ from typing import Any
 from loguru import logger
 
 from ..config import ModelSpec, apply_offline_environment
-from ..device import Placement
+from ..device import Placement, for_family
 from ..errors import ModelLoadError
 from .base import EncodeOptions, Pair, ScoringModel
 
@@ -79,13 +79,59 @@ def _read_config(spec: ModelSpec) -> dict[str, Any]:
     return config
 
 
+def _backend(spec: ModelSpec, family: str, placement: Placement) -> str:
+    """torch or openvino: OpenVINO runs cross-encoders on the CPU (faster there, same precision)."""
+    if spec.backend == "torch":
+        return "torch"
+    fits = family == "encoder" and placement.device == "cpu"
+    if spec.backend == "openvino":
+        if not fits:
+            raise ModelLoadError(
+                f"RERANKER_BACKEND=openvino runs cross-encoders (family encoder) on the CPU; {spec.name!r} is a "
+                f"{family} reranker on {placement.device}: use RERANKER_BACKEND=torch or auto"
+            )
+        from .openvino import openvino_available
+
+        if not openvino_available():
+            raise ModelLoadError("RERANKER_BACKEND=openvino, but the openvino package is not installed")
+        return "openvino"
+    from .openvino import openvino_available
+
+    return "openvino" if fits and openvino_available() else "torch"
+
+
+def _load_sequence_classifier(spec: ModelSpec, backend: str, placement: Placement, common: dict[str, Any]) -> ScoringModel:
+    from .encoder import load_sequence_classifier
+
+    if backend == "torch":
+        return load_sequence_classifier(spec.source, **common)
+    import torch
+
+    from .openvino import to_openvino
+
+    # OpenVINO converts from float32 weights and compiles them in the placement's precision.
+    reranker = load_sequence_classifier(spec.source, **{**common, "dtype": torch.float32})
+    try:
+        return to_openvino(reranker, dtype=placement.dtype, threads=torch.get_num_threads())
+    except Exception as exc:
+        if spec.backend == "openvino":
+            raise
+        # auto: a model OpenVINO cannot convert still serves, through torch.
+        logger.warning("OpenVINO could not convert {} ({}); serving it with torch", spec.name,
+                       str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return reranker.to(placement.dtype)
+
+
 def load_model(spec: ModelSpec, placement: Placement) -> ScoringModel:
     """Load one model; every failure becomes a ModelLoadError naming the source."""
     apply_offline_environment(offline=spec.offline)
     from transformers.utils import logging as hf_logging
 
-    # A server's log is lines, not progress bars (they would break JSON logs too).
+    # A server's log is lines, not progress bars (they would break JSON logs too); and
+    # transformers' messages go through the one log sink, not a stderr handler of its own.
     hf_logging.disable_progress_bar()
+    hf_logging.disable_default_handler()
+    hf_logging.enable_propagation()
     if not spec.local:
         spec.cache_dir.mkdir(parents=True, exist_ok=True)
     config = _read_config(spec)
@@ -95,16 +141,16 @@ def load_model(spec: ModelSpec, placement: Placement) -> ScoringModel:
             f"{spec.describe()} is a {family} reranker, which runs Python code shipped with the model: "
             "set RERANKER_TRUST_REMOTE_CODE=true if you trust its source"
         )
+    placement = for_family(placement, family, dtype_setting=spec.dtype)
     common: dict[str, Any] = dict(
         family=family, name=spec.name, max_length=spec.max_length, device=placement.device, dtype=placement.dtype,
         cache_dir=None if spec.local else str(spec.cache_dir), offline=spec.offline,
         trust_remote_code=spec.trust_remote_code, instruction=spec.instruction,
     )
+    backend = _backend(spec, family, placement)
     try:
         if family in ("encoder", "qwen3-seq-cls"):
-            from .encoder import load_sequence_classifier
-
-            model: ScoringModel = load_sequence_classifier(spec.source, **common)
+            model: ScoringModel = _load_sequence_classifier(spec, backend, placement, common)
         elif family in ("qwen3", "llm"):
             from .causal import load_causal_lm
 

@@ -69,6 +69,7 @@ def windows(ids: list[int], size: int, *, max_chunks: int, overlap: int) -> list
 class ScoringModel(Protocol):
     name: str
     family: str  # encoder, qwen3, qwen3-seq-cls, llm, layerwise, lightweight
+    backend: str  # torch or openvino
     device: str
     dtype_name: str
     max_length: int  # most tokens per pair the model accepts (positions)

@@ -42,6 +42,7 @@ def _token_id(hf_tokenizer: Any, token: str, *, how: str) -> int:
 class CausalLMReranker:
     """A causal LM scored by one token's logit (or the difference of two) after its prompt."""
 
+    backend = "torch"
     takes_instruction = True
 
     def __init__(self, model: Any, hf_tokenizer: Any, *, name: str, family: str, max_length: int,

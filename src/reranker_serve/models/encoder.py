@@ -46,6 +46,8 @@ def pad_id_of(hf_tokenizer: Any, config: Any) -> int:
 class SequenceClassificationReranker:
     """A loaded ``*ForSequenceClassification`` model and the template that feeds it."""
 
+    backend = "torch"
+
     def __init__(self, model: Any, hf_tokenizer: Any, *, name: str, family: str, max_length: int,
                  template: PairTemplate | PromptTemplate) -> None:
         self._model = model.eval()
@@ -65,6 +67,11 @@ class SequenceClassificationReranker:
             # Decoder classifiers pool at the last non-padding token, which they find by this id.
             config.pad_token_id = self._pad_id
         self.max_length = window_limit(config, hf_tokenizer, max_length)
+
+    def to(self, dtype: torch.dtype) -> SequenceClassificationReranker:
+        self._model = self._model.to(dtype)
+        self.dtype_name = str(dtype).removeprefix("torch.")
+        return self
 
     def encode(self, query: str, documents: Sequence[str], options: EncodeOptions) -> list[Pair]:
         return encode_pairs(self.template, query, documents, options)

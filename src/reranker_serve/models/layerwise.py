@@ -27,6 +27,7 @@ __all__ = ["LayerwiseReranker", "load_layerwise"]
 
 
 class LayerwiseReranker:
+    backend = "torch"
     takes_instruction = True
 
     def __init__(self, model: Any, hf_tokenizer: Any, *, name: str, family: str, max_length: int,
