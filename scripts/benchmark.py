@@ -255,7 +255,9 @@ def overhead(args: argparse.Namespace) -> dict:
     docs = [f"short document number {i} about computers" for i in range(10)]
     query = "digital computers"
     configure_cpu_threads(0)
-    spec = Settings(_env_file=None, model_path=args.model, max_length=args.max_length).model_specs[0]
+    # The same model path as the server's (backend included: --set applies to both).
+    overrides = dict(item.split("=", 1) for item in args.set or [])
+    spec = Settings(_env_file=None, model_path=args.model, max_length=args.max_length, **overrides).model_specs[0]
     model = load_model(spec, Placement("cpu", torch.float32))
     pairs = model.encode(query, docs, EncodeOptions(max_length=model.max_length))
     bare = []

@@ -58,7 +58,7 @@ def test_ready_turns_200_only_after_loading(tiny_model, monkeypatch):
         srv.wait_ready()
         info = srv.client.get("/info").json()
         assert info["ready"] and info["device"] == "cpu" and info["dtype"] == "float32" and info["max_length"] == 128
-        assert info["max_batch_tokens"] == 2048  # the CPU default
+        assert info["max_batch_tokens"] == 1024  # the CPU default
     finally:
         release.set()
         srv.stop()

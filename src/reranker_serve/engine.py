@@ -40,9 +40,10 @@ def _is_oom(exc: BaseException) -> bool:
 
 
 def default_batch_tokens(device: str) -> int:
-    # Measured (docs/benchmarks.md): on CPU, 1-2k-token batches beat 4k by 25% and 8k by 50%
-    # (attention and activations stay in cache); a GPU wants large batches to fill its cores.
-    return 16384 if device.startswith("cuda") else 2048
+    # Measured (docs/benchmarks.md): on CPU, 1k-token batches beat 2k by ~8% in the server (fewer
+    # padded tokens: the queue rarely holds many pairs of one length) and 8k by ~15-50%
+    # (activations stay in cache); a GPU wants large batches to fill its cores.
+    return 16384 if device.startswith("cuda") else 1024
 
 
 def _serialised(forward: Forward, lock: threading.Lock) -> Forward:

@@ -83,21 +83,19 @@ def _backend(spec: ModelSpec, family: str, placement: Placement) -> str:
     """torch or openvino: OpenVINO runs cross-encoders on the CPU (faster there, same precision)."""
     if spec.backend == "torch":
         return "torch"
-    fits = family == "encoder" and placement.device == "cpu"
-    if spec.backend == "openvino":
-        if not fits:
-            raise ModelLoadError(
-                f"RERANKER_BACKEND=openvino runs cross-encoders (family encoder) on the CPU; {spec.name!r} is a "
-                f"{family} reranker on {placement.device}: use RERANKER_BACKEND=torch or auto"
-            )
-        from .openvino import openvino_available
-
-        if not openvino_available():
-            raise ModelLoadError("RERANKER_BACKEND=openvino, but the openvino package is not installed")
-        return "openvino"
     from .openvino import openvino_available
 
-    return "openvino" if fits and openvino_available() else "torch"
+    fits = family == "encoder" and placement.device == "cpu"
+    if spec.backend == "auto":
+        return "openvino" if fits and openvino_available() else "torch"
+    if not fits:
+        raise ModelLoadError(
+            f"RERANKER_BACKEND=openvino runs cross-encoders (family encoder) on the CPU; {spec.name!r} is a "
+            f"{family} reranker on {placement.device}: use RERANKER_BACKEND=torch or auto"
+        )
+    if not openvino_available():
+        raise ModelLoadError("RERANKER_BACKEND=openvino, but the openvino package is not installed")
+    return "openvino"
 
 
 def _load_sequence_classifier(spec: ModelSpec, backend: str, placement: Placement, common: dict[str, Any]) -> ScoringModel:
