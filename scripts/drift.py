@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
-"""Score drift of reduced precision against float32, through the server's own model path.
+"""Score drift of each backend and precision against torch float32, through the server's model path.
 
-    python scripts/drift.py --model /tmp/m/bge-reranker-base --dtypes bfloat16 --queries 4 --docs 10
+    python scripts/drift.py --model /tmp/m/bge-reranker-base --modes torch:bfloat16,openvino:bfloat16
 
 For each query (Vaswani topics by default) and its documents (Vaswani abstracts, joined to
-20-300 words), scores every pair in float32 and in each listed dtype, then reports the max
-absolute difference of logits and of sigmoid scores, Spearman's rank correlation per query,
-and how often the top document is the same. Also times each dtype, so a default can be chosen
-as the fastest mode whose drift is defensible.
+20-300 words), scores every pair with torch in float32 (the reference) and in each listed
+backend:dtype mode, then reports the max absolute difference of logits and of sigmoid scores,
+Spearman's rank correlation per query, and how often the top document is the same. Also times
+each mode (length-sorted batches of --batch-tokens, as the server runs them), so a default can
+be chosen as the fastest mode whose drift is defensible.
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ def main() -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, required=True)
-    ap.add_argument("--dtypes", default="bfloat16", help="comma-separated: bfloat16,float16")
+    ap.add_argument("--modes", default="torch:bfloat16,openvino:float32,openvino:bfloat16",
+                    help="comma-separated backend:dtype to compare with torch:float32")
+    ap.add_argument("--batch-tokens", type=int, default=1024)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--queries", type=int, default=4)
     ap.add_argument("--docs", type=int, default=10)
@@ -62,18 +65,32 @@ def main() -> int:
     configure_cpu_threads(0)
     requests = build_requests(args)
 
-    def score(dtype: str) -> tuple[list[list[float]], float]:
-        spec = Settings(_env_file=None, model_path=args.model, max_length=args.max_length).model_specs[0]
+    def score(mode: str) -> tuple[list[list[float]], float]:
+        backend, _, dtype = mode.partition(":")
+        spec = Settings(_env_file=None, model_path=args.model, max_length=args.max_length,
+                        backend=backend).model_specs[0]
         model = load_model(spec, Placement(args.device, getattr(torch, dtype)))
         options = EncodeOptions(max_length=model.max_length)
-        out, started = [], time.perf_counter()
-        for query, docs in requests:
-            out.append(model.forward(model.encode(query, docs, options)))  # raw logits, float32
+        encoded = [model.encode(query, docs, options) for query, docs in requests]
+        flat = sorted(((len(p), r, i) for r, pairs in enumerate(encoded) for i, p in enumerate(pairs)), reverse=True)
+        batches, current = [], []
+        for item in flat:  # length-sorted batches under the token budget, as the batcher makes them
+            if current and (len(current) + 1) * current[0][0] > args.batch_tokens:
+                batches.append(current)
+                current = []
+            current.append(item)
+        batches.append(current)
+        model.forward(encoded[0][:2])  # warm up
+        out = [[0.0] * len(pairs) for pairs in encoded]
+        started = time.perf_counter()
+        for batch in batches:
+            for (_, r, i), raw in zip(batch, model.forward([encoded[r][i] for _, r, i in batch])):
+                out[r][i] = raw  # raw logits, float32
         return out, time.perf_counter() - started
 
-    reference, ref_time = score("float32")
+    reference, ref_time = score("torch:float32")
     report = {"model": str(args.model), "pairs": sum(len(d) for _, d in requests), "float32_seconds": ref_time}
-    for dtype in args.dtypes.split(","):
+    for dtype in args.modes.split(","):
         got, seconds = score(dtype)
         flat_ref = [x for q in reference for x in q]
         flat_got = [x for q in got for x in q]
