@@ -289,6 +289,18 @@ def test_remote_code_needs_consent(models):
         srv.stop()
 
 
+def test_model_code_written_for_another_transformers_fails_with_a_clear_message(tmp_path):
+    folder = build_remote(tmp_path / "old-code", kind="layerwise")
+    code = folder / "modeling_toy.py"  # what the published minicpm-layerwise code imports
+    code.write_text("from transformers.utils.import_utils import is_torch_fx_available\n" + code.read_text())
+    srv = RunningServer(create_app(settings_for(folder, trust_remote_code=True)), wait_ready=False)
+    try:
+        error = srv.wait_failed()
+        assert "is_torch_fx_available" in error and "does not run on the installed transformers" in error
+    finally:
+        srv.stop()
+
+
 def test_model_type_override_loads_a_model_as_another_family(models):
     # The Qwen3 causal LM read as a FlagEmbedding LLM reranker: "A:/B:" prompt, the "Yes" logit.
     srv = RunningServer(create_app(settings_for(models["qwen3"], model_type="llm", max_length=512)))

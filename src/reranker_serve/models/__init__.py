@@ -159,7 +159,14 @@ def load_model(spec: ModelSpec, placement: Placement) -> ScoringModel:
             model = load_layerwise(spec.source, **common, cutoff_layer=spec.cutoff_layer,
                                    compress_ratio=spec.compress_ratio, compress_layers=spec.compress_layers)
     except Exception as exc:
-        raise ModelLoadError(f"cannot load {spec.describe()} as a {family} reranker: {exc}".splitlines()[0]) from exc
+        message = f"cannot load {spec.describe()} as a {family} reranker: {exc}".splitlines()[0]
+        if family in _REMOTE_CODE and isinstance(exc, (ImportError, AttributeError)):
+            import transformers
+
+            # The published layer-wise rerankers' code was written for transformers 4.4x.
+            message += (f" (the model's own code does not run on the installed transformers {transformers.__version__}; "
+                        "it needs the version it was written for)")
+        raise ModelLoadError(message) from exc
     if model.max_length < spec.max_length:
         logger.warning("max_length {} exceeds what {} accepts; using {}", spec.max_length, spec.source, model.max_length)
     if spec.instruction is not None and not model.takes_instruction:
