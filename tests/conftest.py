@@ -154,6 +154,15 @@ class RunningServer:
         self.thread.join(timeout=30)
 
 
+def load_error(settings: Settings) -> str:
+    """Start a server whose model is expected not to load; return the error /ready reports."""
+    srv = RunningServer(create_app(settings), wait_ready=False)
+    try:
+        return srv.wait_failed()
+    finally:
+        srv.stop()
+
+
 def settings_for(model_dir: Path, **overrides: object) -> Settings:
     """Settings for tests: the tiny model, fp32 (scores are compared with an fp32 reference),
     and no .env from the working directory."""

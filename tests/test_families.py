@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import DOCS, QUERY, RunningServer, settings_for
+from conftest import DOCS, QUERY, RunningServer, load_error, settings_for
 from llm_models import build_gemma, build_qwen3, build_remote, convert_qwen3_seq_cls
 from reranker_serve.app import create_app
 from reranker_serve.config import Settings
@@ -281,24 +281,16 @@ def test_detection_refuses_what_it_cannot_score_and_the_override_wins():
 
 
 def test_remote_code_needs_consent(models):
-    srv = RunningServer(create_app(settings_for(models["layerwise"])), wait_ready=False)
-    try:
-        error = srv.wait_failed()
-        assert "RERANKER_TRUST_REMOTE_CODE=true" in error and "layerwise" in error
-    finally:
-        srv.stop()
+    error = load_error(settings_for(models["layerwise"]))
+    assert "RERANKER_TRUST_REMOTE_CODE=true" in error and "layerwise" in error
 
 
 def test_model_code_written_for_another_transformers_fails_with_a_clear_message(tmp_path):
     folder = build_remote(tmp_path / "old-code", kind="layerwise")
     code = folder / "modeling_toy.py"  # what the published minicpm-layerwise code imports
     code.write_text("from transformers.utils.import_utils import is_torch_fx_available\n" + code.read_text())
-    srv = RunningServer(create_app(settings_for(folder, trust_remote_code=True)), wait_ready=False)
-    try:
-        error = srv.wait_failed()
-        assert "is_torch_fx_available" in error and "does not run on the installed transformers" in error
-    finally:
-        srv.stop()
+    error = load_error(settings_for(folder, trust_remote_code=True))
+    assert "is_torch_fx_available" in error and "does not run on the installed transformers" in error
 
 
 def test_model_type_override_loads_a_model_as_another_family(models):

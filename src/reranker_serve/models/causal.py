@@ -24,7 +24,7 @@ from .base import EncodeOptions, Pair, pad, sigmoid
 from .encoder import pad_id_of, window_limit
 from .templates import FLAG_LLM_PROMPT, PromptTemplate, encode_pairs, flag_llm_template, qwen3_template, rust_tokenizer
 
-__all__ = ["CausalLMReranker", "load_causal_lm", "load_hf"]
+__all__ = ["CausalLMReranker", "PromptedLM", "load_causal_lm", "load_hf"]
 
 
 def _token_id(hf_tokenizer: Any, token: str, *, how: str) -> int:
@@ -39,27 +39,37 @@ def _token_id(hf_tokenizer: Any, token: str, *, how: str) -> int:
     return int(ids[0])
 
 
-class CausalLMReranker:
-    """A causal LM scored by one token's logit (or the difference of two) after its prompt."""
+class PromptedLM:
+    """What every decoder reranker shares: a torch model fed a prompt template, scored by a sigmoid."""
 
     backend = "torch"
     takes_instruction = True
 
     def __init__(self, model: Any, hf_tokenizer: Any, *, name: str, family: str, max_length: int,
-                 template: PromptTemplate, true_id: int, false_id: int | None) -> None:
+                 template: PromptTemplate) -> None:
         self._model = model.eval()
         self.name = name
         self.family = family
         self.device = str(self._model.device)
         self.dtype_name = str(self._model.dtype).removeprefix("torch.")
         self.template = template
-        self._true, self._false = true_id, false_id
         self._pad_id = pad_id_of(hf_tokenizer, model.config)
         self.max_length = window_limit(model.config, hf_tokenizer, max_length)
-        self._last_only = "logits_to_keep" in inspect.signature(self._model.forward).parameters
 
     def encode(self, query: str, documents: Sequence[str], options: EncodeOptions) -> list[Pair]:
         return encode_pairs(self.template, query, documents, options)
+
+    def activate(self, raw: float) -> float:
+        return sigmoid(raw)
+
+
+class CausalLMReranker(PromptedLM):
+    """A causal LM scored by one token's logit (or the difference of two) after its prompt."""
+
+    def __init__(self, model: Any, hf_tokenizer: Any, *, true_id: int, false_id: int | None, **common: Any) -> None:
+        super().__init__(model, hf_tokenizer, **common)
+        self._true, self._false = true_id, false_id
+        self._last_only = "logits_to_keep" in inspect.signature(self._model.forward).parameters
 
     @torch.inference_mode()
     def forward(self, batch: Sequence[Pair]) -> list[float]:
@@ -70,9 +80,6 @@ class CausalLMReranker:
         if self._false is not None:
             raw = raw - logits[:, self._false]
         return raw.cpu().tolist()
-
-    def activate(self, raw: float) -> float:
-        return sigmoid(raw)
 
 
 def load_hf(source: str, *, device: str, dtype: torch.dtype, cache_dir: str | None, offline: bool,

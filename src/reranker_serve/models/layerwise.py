@@ -18,37 +18,22 @@ from typing import Any, Sequence
 
 import torch
 
-from .base import EncodeOptions, Pair, pad, sigmoid
-from .causal import flag_bos, load_hf
-from .encoder import pad_id_of, window_limit
-from .templates import FLAG_LIGHTWEIGHT_PROMPT, FLAG_LLM_PROMPT, PromptTemplate, encode_pairs, flag_llm_template, rust_tokenizer
+from .base import Pair, pad
+from .causal import PromptedLM, flag_bos, load_hf
+from .templates import FLAG_LIGHTWEIGHT_PROMPT, FLAG_LLM_PROMPT, flag_llm_template, rust_tokenizer
 
 __all__ = ["LayerwiseReranker", "load_layerwise"]
 
 
-class LayerwiseReranker:
-    backend = "torch"
-    takes_instruction = True
-
-    def __init__(self, model: Any, hf_tokenizer: Any, *, name: str, family: str, max_length: int,
-                 template: PromptTemplate, cutoff_layer: int | None, compress_ratio: int,
-                 compress_layers: Sequence[int]) -> None:
-        self._model = model.eval()
-        self.name = name
-        self.family = family
-        self.device = str(self._model.device)
-        self.dtype_name = str(self._model.dtype).removeprefix("torch.")
-        self.template = template
-        self._pad_id = pad_id_of(hf_tokenizer, model.config)
-        self.max_length = window_limit(model.config, hf_tokenizer, max_length)
+class LayerwiseReranker(PromptedLM):
+    def __init__(self, model: Any, hf_tokenizer: Any, *, cutoff_layer: int | None, compress_ratio: int,
+                 compress_layers: Sequence[int], **common: Any) -> None:
+        super().__init__(model, hf_tokenizer, **common)
         self._kwargs: dict[str, Any] = {"output_hidden_states": True}
         if cutoff_layer is not None:
             self._kwargs["cutoff_layers"] = [cutoff_layer]
-        if family == "lightweight":
+        if self.family == "lightweight":
             self._kwargs.update(compress_ratio=compress_ratio, compress_layer=list(compress_layers))
-
-    def encode(self, query: str, documents: Sequence[str], options: EncodeOptions) -> list[Pair]:
-        return encode_pairs(self.template, query, documents, options)
 
     @torch.inference_mode()
     def forward(self, batch: Sequence[Pair]) -> list[float]:
@@ -66,9 +51,6 @@ class LayerwiseReranker:
             inputs = pad(batch, self._pad_id, side="left", device=self.device)
             raw = self._model(**inputs, **self._kwargs).logits[0][:, -1]
         return raw.float().cpu().tolist()
-
-    def activate(self, raw: float) -> float:
-        return sigmoid(raw)
 
 
 def load_layerwise(source: str, *, family: str, name: str, max_length: int, device: str, dtype: torch.dtype,

@@ -214,10 +214,11 @@ class PromptTemplate:
         at_query = [i for i, s in enumerate(segments) if "query" in _fields(s)]
         if len(at_doc) != 1 or len(at_query) != 1 or at_query[0] > at_doc[0]:
             raise ValueError("a prompt needs one {doc} segment and one {query} in it or before it")
-        self.before, self.doc_segment, self.after = segments[: at_doc[0]], segments[at_doc[0]], segments[at_doc[0] + 1 :]
-        assert isinstance(self.doc_segment, str)
-        if "query" in _fields(self.doc_segment):
-            text, spans = _render(self.doc_segment, {"instruction": "i", "query": "q", "doc": "d"})
+        doc_segment = segments[at_doc[0]]
+        assert isinstance(doc_segment, str)  # fixed ids hold no placeholder
+        self.before, self.doc_segment, self.after = segments[: at_doc[0]], doc_segment, segments[at_doc[0] + 1 :]
+        if "query" in _fields(doc_segment):
+            _, spans = _render(doc_segment, {"instruction": "i", "query": "q", "doc": "d"})
             if spans["query"] > spans["doc"]:
                 raise ValueError("the query must come before the document")
 
