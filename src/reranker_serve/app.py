@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import AsyncIterator, Callable, Sequence
 
 import anyio
@@ -35,9 +36,8 @@ async def _load_in_background(reranker: Reranker, on_failure: Callable[[str], No
         if spec.name in reranker.engines:
             continue
         try:
-            engine = await anyio.to_thread.run_sync(
-                lambda: Engine.load(reranker.settings, spec, device_lock=device_lock), abandon_on_cancel=True
-            )
+            load = partial(Engine.load, reranker.settings, spec, device_lock=device_lock)
+            engine = await anyio.to_thread.run_sync(load, abandon_on_cancel=True)
         except Exception as exc:  # ModelLoadError, ConfigError, or anything a library raised
             reranker.load_errors[spec.name] = str(exc)
             logger.error("model {} failed to load: {}", spec.name, exc)
