@@ -30,6 +30,14 @@ DType = Literal["auto", "float32", "float16", "bfloat16"]
 _DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
 
 
+def _choice(value: object) -> object:
+    """Choices are case-insensitive, and dtypes take their short names (bf16, fp32, ...)."""
+    if not isinstance(value, str):
+        return value
+    value = value.strip().lower()
+    return _DTYPE_ALIASES.get(value, value)
+
+
 class ConfigError(ValueError):
     """Start-up configuration is invalid. The message is one line meant for a human."""
 
@@ -62,10 +70,7 @@ class ModelEntry(BaseModel):
     compress_ratio: int | None = Field(None, ge=1)
     compress_layers: list[int] | None = None
 
-    @field_validator("model_type", "backend", "dtype", mode="before")
-    @classmethod
-    def _normalise_choice(cls, value: object) -> object:
-        return _DTYPE_ALIASES.get(value.strip().lower(), value.strip().lower()) if isinstance(value, str) else value
+    _normalise_choice = field_validator("model_type", "backend", "dtype", mode="before")(_choice)
 
     @field_validator("name")
     @classmethod
@@ -251,13 +256,9 @@ class Settings(BaseSettings):
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
-    @field_validator("dtype", "device", "model_type", "backend", "unknown_model", mode="before")
-    @classmethod
-    def _normalise_choice(cls, value: object) -> object:
-        if not isinstance(value, str):
-            return value
-        value = value.strip().lower()
-        return _DTYPE_ALIASES.get(value, value)
+    _normalise_choice = field_validator("dtype", "device", "model_type", "backend", "unknown_model", mode="before")(
+        _choice
+    )
 
     @field_validator("compress_layers", mode="before")
     @classmethod

@@ -146,13 +146,11 @@ async def info(reranker: RerankerDep, settings: SettingsDep) -> Info:
 
 @router.get("/v1/models", response_model=ModelList, summary="Served models (OpenAI list shape), one entry per name")
 async def list_models(reranker: RerankerDep) -> ModelList:
-    cards = []
-    for spec in reranker.specs:
-        engine = reranker.engines.get(spec.name)
-        family = engine.model.family if engine else None
-        cards += [ModelCard(id=name, created=_STARTED, root=spec.source, ready=engine is not None, family=family)
-                  for name in spec.names]
-    return ModelList(data=cards)
+    models = [_model_info(reranker, spec) for spec in reranker.specs]
+    return ModelList(data=[
+        ModelCard(id=name, created=_STARTED, root=m.source, ready=m.ready, family=m.family)
+        for m in models for name in (m.name, *m.aliases)
+    ])
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response,

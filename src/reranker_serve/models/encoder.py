@@ -76,16 +76,24 @@ class SequenceClassificationReranker:
     def encode(self, query: str, documents: Sequence[str], options: EncodeOptions) -> list[Pair]:
         return encode_pairs(self.template, query, documents, options)
 
-    @torch.inference_mode()
-    def forward(self, batch: Sequence[Pair]) -> list[float]:
+    def inputs(self, batch: Sequence[Pair]) -> dict[str, torch.Tensor]:
+        """The padded model inputs of a batch (token types too, for models that have them)."""
         inputs = pad(batch, self._pad_id, side="right", device=self.device)
         if self._with_types:
             width = inputs["input_ids"].shape[1]
             types = [(p.type_ids or []) + [0] * (width - len(p)) for p in batch]
             inputs["token_type_ids"] = torch.tensor(types, dtype=torch.long, device=self.device)
-        logits = self._model(**inputs).logits.float()
+        return inputs
+
+    def raw_scores(self, logits: torch.Tensor) -> list[float]:
+        """One raw score per pair from the classifier's logits (two labels: their difference)."""
+        logits = logits.float()
         raw = logits[:, 0] if self.num_labels == 1 else logits[:, 1] - logits[:, 0]
         return raw.cpu().tolist()
+
+    @torch.inference_mode()
+    def forward(self, batch: Sequence[Pair]) -> list[float]:
+        return self.raw_scores(self._model(**self.inputs(batch)).logits)
 
     def activate(self, raw: float) -> float:
         # One label: sigmoid(logit). Two labels: softmax(...)[1] == sigmoid(l1 - l0).

@@ -20,7 +20,6 @@ import time
 import warnings
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 from loguru import logger
 
@@ -71,19 +70,8 @@ class OpenVINOReranker(SequenceClassificationReranker):
         self.dtype_name = str(dtype).removeprefix("torch.")
 
     def forward(self, batch: Sequence[Pair]) -> list[float]:
-        width = max(len(p) for p in batch)
-        ids = np.full((len(batch), width), self._pad_id, dtype=np.int64)
-        mask = np.zeros((len(batch), width), dtype=np.int64)
-        types = np.zeros((len(batch), width), dtype=np.int64)
-        for row, pair in enumerate(batch):
-            ids[row, : len(pair)] = pair.ids
-            mask[row, : len(pair)] = 1
-            if pair.type_ids is not None:
-                types[row, : len(pair)] = pair.type_ids
-        inputs = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-        logits = self._request.infer({k: v for k, v in inputs.items() if k in self._inputs})[0].astype(np.float32)
-        raw = logits[:, 0] if self.num_labels == 1 else logits[:, 1] - logits[:, 0]
-        return raw.tolist()
+        inputs = {name: tensor.numpy() for name, tensor in self.inputs(batch).items() if name in self._inputs}
+        return self.raw_scores(torch.from_numpy(self._request.infer(inputs)[0]))
 
 
 def to_openvino(reranker: SequenceClassificationReranker, *, dtype: torch.dtype, threads: int) -> OpenVINOReranker:
