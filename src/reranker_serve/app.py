@@ -8,43 +8,55 @@ The models load in the background, one after the other, after the server starts 
 from __future__ import annotations
 
 import asyncio
-import threading
 from contextlib import asynccontextmanager
-from functools import partial
 from typing import AsyncIterator, Callable, Sequence
 
-import anyio
-from fastapi import FastAPI, Security
+from fastapi import FastAPI, Request, Response, Security
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
-from loguru import logger
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__
 from .api import cohere, jina, native, system
 from .api.common import bearer_scheme
+from .api.dialect import Dialect
 from .config import Settings, load_settings
 from .engine import Engine
+from .errors import ErrorKind, RerankError
 from .observability import Metrics, RequestContextMiddleware
+from .registry import ModelRegistry
 from .service import Reranker
 
 __all__ = ["create_app"]
 
 
-async def _load_in_background(reranker: Reranker, on_failure: Callable[[str], None] | None) -> None:
-    device_lock = threading.Lock()  # every model runs on the same device: one forward pass at a time
-    for spec in reranker.specs:
-        if spec.name in reranker.engines:
-            continue
-        try:
-            load = partial(Engine.load, reranker.settings, spec, device_lock=device_lock)
-            engine = await anyio.to_thread.run_sync(load, abandon_on_cancel=True)
-        except Exception as exc:  # ModelLoadError, ConfigError, or anything a library raised
-            reranker.load_errors[spec.name] = str(exc)
-            logger.error("model {} failed to load: {}", spec.name, exc)
-            if on_failure is not None:
-                on_failure(str(exc))
-            return
-        reranker.attach(engine)
+def _dialect_errors(app: FastAPI, dialects: Sequence[Dialect]) -> None:
+    """404 and 405 on a dialect's paths in that dialect's shape (FastAPI's is `{"detail": ...}`),
+    and an OpenAPI document whose error statuses are the ones each route really answers."""
+
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        dialect = next((d for d in dialects if d.owns(request.url.path)), None)
+        if dialect is None or exc.status_code not in (404, 405):
+            return await http_exception_handler(request, exc)
+        if exc.status_code == 405:
+            error = RerankError(ErrorKind.METHOD_NOT_ALLOWED, f"{request.method} is not allowed on "
+                                f"{request.url.path}: send the request with POST", headers=exc.headers)
+        else:
+            error = RerankError(ErrorKind.ROUTE_NOT_FOUND, f"no route {request.url.path}")
+        return dialect.render(error)
+
+    app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
+    generate = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = generate()
+            for dialect in dialects:
+                dialect.document(schema)
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_app(
@@ -59,18 +71,18 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        reranker = Reranker(settings, engines, metrics=metrics)
-        app.state.reranker = reranker
+        registry = ModelRegistry(settings, engines, metrics=metrics)
+        app.state.registry = registry
+        app.state.reranker = Reranker(registry)
         loader = None
-        if not reranker.ready:
-            loader = asyncio.create_task(_load_in_background(reranker, on_load_failure))
+        if not registry.ready:
+            loader = asyncio.create_task(registry.load(on_failure=on_load_failure))
         try:
             yield
         finally:
             if loader is not None and not loader.done():
                 loader.cancel()
-            for engine in list(reranker.engines.values()):
-                await anyio.to_thread.run_sync(engine.stop)
+            await registry.close()
 
     metrics = Metrics()
     # FastAPIOffline: Swagger UI and ReDoc from assets bundled in the package, not a CDN, so
@@ -92,7 +104,9 @@ def create_app(
     # The key requirement appears in the OpenAPI schema only when a key is configured, so the
     # schema describes this server as it runs (generated tests hold it to that).
     secured = [Security(bearer_scheme)] if settings.api_key else []
-    for module in (native, cohere, jina):
-        app.include_router(module.router, dependencies=secured)
+    dialects = [native.dialect, cohere.dialect, jina.dialect]
+    for dialect in dialects:
+        app.include_router(dialect.router, dependencies=secured)
     app.include_router(system.router)
+    _dialect_errors(app, dialects)
     return app

@@ -218,8 +218,10 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Several models: `alias=model,model2,...` or a JSON list; empty: MODEL_PATH / MODEL_NAME.",
     )
-    unknown_model: Literal["error", "default"] = Field(
-        "error", description="A request naming a model not served: error (404) or the default model."
+    unknown_model: Literal["auto", "error", "default"] = Field(
+        "auto",
+        description="A request naming a model not served: auto (the model when only one is served, else 404), "
+        "error (404) or default (the default model).",
     )
 
     # --- engine ---------------------------------------------------------------------------

@@ -11,9 +11,11 @@
       kind=BACKEND                 the forward pass failed                            503
       kind=TIMEOUT                 the request outlived RERANKER_REQUEST_TIMEOUT      504
       kind=INTERNAL                a bug of ours (logged with its traceback)          500
+      kind=ROUTE_NOT_FOUND         no route at that path                              404
+      kind=METHOD_NOT_ALLOWED      the path exists, for another method (POST)         405
 
-Each dialect module renders a RerankError in its own body shape; only the Cohere dialect
-changes a status (Cohere answers a bad request with 400, not 422). Errors that never reach a
+Each dialect renders a RerankError in its own body shape (api/dialect.py); only the Cohere
+dialect changes a status (Cohere answers a bad request with 400, not 422). Errors that never reach a
 client (bad settings, a model folder that does not load) are ``ConfigError`` and
 ``ModelLoadError``; they stop start-up with one clear line.
 """
@@ -36,6 +38,8 @@ class ErrorKind(str, enum.Enum):
     BACKEND = "backend"
     TIMEOUT = "timeout"
     INTERNAL = "internal"
+    ROUTE_NOT_FOUND = "route_not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
 
     @property
     def status(self) -> int:
@@ -52,21 +56,25 @@ _STATUS: dict[ErrorKind, int] = {
     ErrorKind.BACKEND: HTTPStatus.SERVICE_UNAVAILABLE,
     ErrorKind.TIMEOUT: HTTPStatus.GATEWAY_TIMEOUT,
     ErrorKind.INTERNAL: HTTPStatus.INTERNAL_SERVER_ERROR,
+    ErrorKind.ROUTE_NOT_FOUND: HTTPStatus.NOT_FOUND,
+    ErrorKind.METHOD_NOT_ALLOWED: HTTPStatus.METHOD_NOT_ALLOWED,
 }
 
 
 class RerankError(Exception):
     """An error with a kind (hence a status) and a message a human understands."""
 
-    def __init__(self, kind: ErrorKind, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(self, kind: ErrorKind, message: str, *, retry_after: float | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
         self.retry_after = retry_after
+        self._headers = dict(headers or {})
 
     @property
     def headers(self) -> dict[str, str]:
-        headers = {}
+        headers = dict(self._headers)  # e.g. Allow on a 405
         if self.retry_after is not None:
             headers["Retry-After"] = str(max(1, round(self.retry_after)))
         if self.kind is ErrorKind.UNAUTHORIZED:

@@ -16,10 +16,9 @@ import math
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
-from .config import MAX_CHUNKS_PER_DOC, ModelSpec, Settings
-from .engine import Engine
+from .config import MAX_CHUNKS_PER_DOC
 from .errors import ErrorKind, RerankError
-from .observability import Metrics
+from .registry import ModelRegistry
 
 __all__ = ["Ranked", "RerankQuery", "RerankResult", "Reranker"]
 
@@ -60,56 +59,12 @@ def _invalid(message: str) -> RerankError:
 
 
 class Reranker:
-    """Owns the engines of every served model (some possibly still loading) and ranks with them."""
+    """Ranks with the served models; which model answers is the registry's business."""
 
-    def __init__(self, settings: Settings, engines: Sequence[Engine] = (), *, metrics: Metrics | None = None) -> None:
-        self.settings = settings
-        self.metrics = metrics or Metrics()
-        self.specs = settings.model_specs
-        self.default = self.specs[0]
-        self._by_name = {name: spec for spec in self.specs for name in spec.names}
-        self.engines: dict[str, Engine] = {}  # by the spec's first name
-        self.load_errors: dict[str, str] = {}
-        for engine in engines:
-            self.attach(engine)
-
-    def attach(self, engine: Engine) -> None:
-        """Start serving a loaded engine (its batches feed the metrics)."""
-        name = engine.spec.name
-        engine.batcher.on_batch = lambda pairs, tokens: self.metrics.observe_batch(name, pairs, tokens)
-        self.metrics.queue_depth.labels(name).set_function(lambda: engine.batcher.queued_pairs)
-        self.metrics.model_load.labels(name).set(engine.load_seconds)
-        engine.start()
-        self.engines[name] = engine
-
-    @property
-    def ready(self) -> bool:
-        return len(self.engines) == len(self.specs)
-
-    @property
-    def load_error(self) -> str | None:
-        return next(iter(self.load_errors.values()), None)
-
-    def spec_for(self, model: str | None) -> ModelSpec:
-        """The served model a request's `model` names (none: the default)."""
-        if model is None or not model.strip():
-            return self.default
-        spec = self._by_name.get(model)
-        if spec is not None:
-            return spec
-        if self.settings.unknown_model == "default":
-            return self.default
-        served = ", ".join(repr(n) for spec in self.specs for n in spec.names)
-        raise RerankError(ErrorKind.MODEL_NOT_FOUND, f"model {model!r} is not served here; served models: {served}")
-
-    def _require_engine(self, spec: ModelSpec) -> Engine:
-        engine = self.engines.get(spec.name)
-        if engine is not None:
-            return engine
-        error = self.load_errors.get(spec.name)
-        if error:
-            raise RerankError(ErrorKind.NOT_READY, f"the model failed to load: {error}")
-        raise RerankError(ErrorKind.NOT_READY, f"the model {spec.name!r} is still loading; retry shortly", retry_after=5)
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
+        self.settings = registry.settings
+        self.metrics = registry.metrics
 
     async def rerank(self, q: RerankQuery) -> RerankResult:
         if not q.query.strip():
@@ -131,7 +86,7 @@ class Reranker:
             raise _invalid(
                 f"max_chunks_per_doc must be between 1 and {MAX_CHUNKS_PER_DOC}, got {q.max_chunks_per_doc}"
             )
-        engine = self._require_engine(self.spec_for(q.model))
+        engine = self.registry.engine(q.model)
         model = engine.model
         if q.instruction is not None and not model.takes_instruction:
             raise _invalid(f"model {model.name!r} ({model.family} reranker) takes no instruction; leave it out")

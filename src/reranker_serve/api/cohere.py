@@ -15,34 +15,33 @@ from __future__ import annotations
 
 import math
 import uuid
-from typing import Annotated, Any, Sequence
+from typing import Annotated, Any, ClassVar
 
-from fastapi import APIRouter, Response
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, WithJsonSchema
 
 from ..errors import ErrorKind, RerankError
 from ..service import RerankQuery, RerankResult
 from .common import (
-    Instruction, JsonInt, MaxChunks, ModelName, NON_BLANK, NON_EMPTY, TopN, Usage, dialect_route, document_texts,
-    error_responses, timing_headers,
+    Instruction, JsonInt, MaxChunks, ModelName, NON_BLANK, NON_EMPTY, Text, TopN, Usage, document_texts,
+    scrub_surrogates,
 )
-from .deps import RerankerDep
+from .dialect import Dialect
 
-__all__ = ["router"]
+__all__ = ["dialect"]
 
 # An object must carry `text` unless rank_fields names other fields; the schema states the
 # common case, the service checks the exact rule (with a message naming the document).
-Document = str | Annotated[dict[str, Any], WithJsonSchema({"type": "object", "required": ["text"],
-                                                          "additionalProperties": True})]
+Document = Text | Annotated[dict[str, Any], AfterValidator(scrub_surrogates),
+                            WithJsonSchema({"type": "object", "required": ["text"], "additionalProperties": True})]
 
 
 # -- requests --------------------------------------------------------------------------------------
 class _CohereRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
+    dialect_label: ClassVar[str | None] = None
 
     model: ModelName = None
-    query: str = Field(examples=["What is the capital of the United States?"], json_schema_extra=NON_BLANK)
+    query: Text = Field(examples=["What is the capital of the United States?"], json_schema_extra=NON_BLANK)
     documents: list[Document] = Field(
         description="Strings, or objects with a `text` field (see rank_fields).", json_schema_extra=NON_EMPTY
     )
@@ -75,12 +74,20 @@ class CohereV1RerankRequest(_CohereRequest):
     def to_query(self) -> RerankQuery:
         return self._query(max_chunks_per_doc=self.max_chunks_per_doc)
 
+    def reply(self, result: RerankResult) -> CohereV1RerankResponse:
+        return CohereV1RerankResponse.build(
+            self, result, ApiVersion(version="1"), usage=Usage(total_tokens=result.total_tokens)
+        )
+
 
 class CohereV2RerankRequest(_CohereRequest):
     max_tokens_per_doc: JsonInt | None = Field(None, json_schema_extra={"minimum": 1}, description="Truncate each document to this many tokens.")
 
     def to_query(self) -> RerankQuery:
         return self._query(max_tokens_per_doc=self.max_tokens_per_doc)
+
+    def reply(self, result: RerankResult) -> CohereV2RerankResponse:
+        return CohereV2RerankResponse.build(self, result, ApiVersion(version="2", is_experimental=False))
 
 
 # -- replies ---------------------------------------------------------------------------------------
@@ -110,7 +117,7 @@ class CohereRerankResponse(BaseModel):
     meta: ApiMeta
 
     @classmethod
-    def _build(cls, request: _CohereRequest, result: RerankResult, version: ApiVersion, **extra: Any) -> Any:
+    def build(cls, request: _CohereRequest, result: RerankResult, version: ApiVersion, **extra: Any) -> Any:
         return cls(
             id=str(uuid.uuid4()),
             results=[
@@ -128,17 +135,9 @@ class CohereRerankResponse(BaseModel):
 class CohereV1RerankResponse(CohereRerankResponse):
     usage: Usage = Field(description="Jina's token count, for Jina-shaped clients of /v1/rerank.")
 
-    @classmethod
-    def from_result(cls, request: CohereV1RerankRequest, result: RerankResult) -> CohereV1RerankResponse:
-        return cls._build(
-            request, result, ApiVersion(version="1"), usage=Usage(total_tokens=result.total_tokens)
-        )
-
 
 class CohereV2RerankResponse(CohereRerankResponse):
-    @classmethod
-    def from_result(cls, request: CohereV2RerankRequest, result: RerankResult) -> CohereV2RerankResponse:
-        return cls._build(request, result, ApiVersion(version="2", is_experimental=False))
+    pass
 
 
 # -- errors ----------------------------------------------------------------------------------------
@@ -146,43 +145,23 @@ class CohereErrorResponse(BaseModel):
     message: str
 
 
-_BAD_REQUEST = {ErrorKind.VALIDATION, ErrorKind.PAYLOAD_TOO_LARGE}
+class CohereDialect(Dialect):
+    name = "cohere"
+    error_model = CohereErrorResponse
+    prefixes = ("/v1/", "/v2/")
 
+    def status(self, kind: ErrorKind) -> int:
+        # Cohere answers every bad request with 400, a too-large one included.
+        return 400 if kind in (ErrorKind.VALIDATION, ErrorKind.PAYLOAD_TOO_LARGE) else kind.status
 
-def render_error(exc: RerankError) -> Response:
-    if exc.kind in _BAD_REQUEST:
-        status, message = 400, f"invalid request: {exc.message}"
-    else:
-        status, message = exc.kind.status, exc.message
-    return JSONResponse(CohereErrorResponse(message=message).model_dump(), status_code=status, headers=exc.headers)
+    def error_body(self, exc: RerankError) -> CohereErrorResponse:
+        bad_request = self.status(exc.kind) == 400
+        return CohereErrorResponse(message=f"invalid request: {exc.message}" if bad_request else exc.message)
 
 
 # -- routes ----------------------------------------------------------------------------------------
-router = APIRouter(route_class=dialect_route(render_error), tags=["Cohere"])
-_ERRORS: Sequence[int] = (400, 401, 404, 429, 500, 503, 504)
-
-
-@router.post(
-    "/v1/rerank",
-    response_model=CohereV1RerankResponse,
-    response_model_exclude_none=True,
-    responses=error_responses(CohereErrorResponse, statuses=_ERRORS),
-    summary="Rerank documents (Cohere v1; also Jina-shaped clients)",
-)
-async def rerank_v1(body: CohereV1RerankRequest, reranker: RerankerDep, response: Response) -> CohereV1RerankResponse:
-    result = await reranker.rerank(body.to_query())
-    response.headers.update(timing_headers(result))
-    return CohereV1RerankResponse.from_result(body, result)
-
-
-@router.post(
-    "/v2/rerank",
-    response_model=CohereV2RerankResponse,
-    response_model_exclude_none=True,
-    responses=error_responses(CohereErrorResponse, statuses=_ERRORS),
-    summary="Rerank documents (Cohere v2)",
-)
-async def rerank_v2(body: CohereV2RerankRequest, reranker: RerankerDep, response: Response) -> CohereV2RerankResponse:
-    result = await reranker.rerank(body.to_query())
-    response.headers.update(timing_headers(result))
-    return CohereV2RerankResponse.from_result(body, result)
+dialect = CohereDialect(tags=["Cohere"])
+dialect.rerank_route("/v1/rerank", request=CohereV1RerankRequest, reply=CohereV1RerankResponse,
+                     summary="Rerank documents (Cohere v1; also Jina-shaped clients)")
+dialect.rerank_route("/v2/rerank", request=CohereV2RerankRequest, reply=CohereV2RerankResponse,
+                     summary="Rerank documents (Cohere v2)")

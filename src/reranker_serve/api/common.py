@@ -11,13 +11,13 @@ import asyncio
 import json
 import secrets
 import time
-from http import HTTPStatus
+import re
 from typing import Annotated, Any, Awaitable, Callable, Sequence
 
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from loguru import logger
-from pydantic import BaseModel, BeforeValidator, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from fastapi.routing import APIRoute
@@ -28,9 +28,9 @@ from ..errors import ErrorKind, RerankError
 from ..service import RerankResult
 
 __all__ = [
-    "NON_BLANK", "NON_EMPTY", "ErrorRenderer", "Instruction", "JsonInt", "MaxChunks", "ModelName", "TopN",
-    "TextDocument", "Usage", "bearer_scheme", "describe_validation", "dialect_route", "document_texts",
-    "error_responses", "timing_headers",
+    "NON_BLANK", "NON_EMPTY", "ErrorRenderer", "Instruction", "JsonInt", "MaxChunks", "ModelName", "RankedDocument",
+    "Text", "TopN", "TextDocument", "Usage", "bearer_scheme", "describe_validation", "dialect_route", "document_texts",
+    "ranked_documents", "scrub_surrogates", "timing_headers",
 ]
 
 ErrorRenderer = Callable[[RerankError], Response]
@@ -191,6 +191,27 @@ def timing_headers(result: RerankResult) -> dict[str, str]:
 
 
 # -- pieces of the wire formats that several dialects share -------------------------------------
+# JSON may carry a lone UTF-16 surrogate ("\ud800": a client that cut text in the middle of an
+# emoji); Python decodes it, but no tokenizer or UTF-8 encoder accepts it. Such a code point is
+# replaced with U+FFFD, the replacement character, as a UTF-8 decoder would: the rest of the text
+# still counts, and a returned document says where the damage was.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def scrub_surrogates(value: Any) -> Any:
+    """``value`` with every lone surrogate in its strings (nested too) replaced with U+FFFD."""
+    if isinstance(value, str):
+        return value if value.isascii() else _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {scrub_surrogates(k): scrub_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub_surrogates(v) for v in value]
+    return value
+
+
+# Every text a client sends: a str whose lone surrogates are replaced (see above).
+Text = Annotated[str, AfterValidator(scrub_surrogates)]
+
 # Constraints the service enforces with its own messages (service.py), also written into the
 # OpenAPI schema so that generated clients and tests know them.
 NON_BLANK = {"minLength": 1, "pattern": r"\S"}
@@ -223,11 +244,11 @@ MaxChunks = Annotated[
 
 # The model a request selects, and the instruction of LLM rerankers: extra fields of every dialect.
 ModelName = Annotated[
-    str | None,
+    Text | None,
     Field(description="A served model's name or alias (GET /v1/models); null: the default model."),
 ]
 Instruction = Annotated[
-    str | None,
+    Text | None,
     Field(description="Task instruction for LLM rerankers (Qwen3-Reranker's <Instruct>, the prompt of "
           "bge-reranker-v2-gemma); null: the model's default. Models without one refuse it."),
 ]
@@ -244,6 +265,19 @@ class TextDocument(BaseModel):
     def of(cls, text: str | None) -> TextDocument | None:
         """The `{"text": ...}` form of a returned document, or None when none was asked for."""
         return None if text is None else cls(text=text)
+
+
+class RankedDocument(BaseModel):
+    """A result of the native and Jina replies."""
+
+    index: int = Field(description="Position of the document in the request.")
+    relevance_score: float
+    document: TextDocument | None = Field(None, description="Present when return_documents is true.")
+
+
+def ranked_documents(result: RerankResult) -> list[RankedDocument]:
+    return [RankedDocument(index=r.index, relevance_score=r.score, document=TextDocument.of(r.document))
+            for r in result.results]
 
 
 def document_texts(documents: Sequence[str | dict[str, Any]], rank_fields: Sequence[str] | None = None) -> list[str]:
@@ -263,8 +297,3 @@ def document_texts(documents: Sequence[str | dict[str, Any]], rank_fields: Seque
         values = [v if isinstance(v, str) else json.dumps(v, ensure_ascii=False) for v in (doc[f] for f in fields)]
         texts.append(values[0] if len(fields) == 1 else "\n".join(f"{f}: {v}" for f, v in zip(fields, values)))
     return texts
-
-
-def error_responses(model: type[BaseModel], *, statuses: Sequence[int]) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` for a route: every error status it can answer, in its dialect's shape."""
-    return {status: {"model": model, "description": HTTPStatus(status).phrase} for status in statuses}

@@ -7,13 +7,18 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from ..config import Settings
+from ..registry import ModelRegistry
 from ..service import Reranker
 
-__all__ = ["RerankerDep", "SettingsDep"]
+__all__ = ["RegistryDep", "RerankerDep", "SettingsDep"]
 
 
 def _reranker(request: Request) -> Reranker:
     return request.app.state.reranker
+
+
+def _registry(request: Request) -> ModelRegistry:
+    return request.app.state.registry
 
 
 def _settings(request: Request) -> Settings:
@@ -21,4 +26,5 @@ def _settings(request: Request) -> Settings:
 
 
 RerankerDep = Annotated[Reranker, Depends(_reranker)]
+RegistryDep = Annotated[ModelRegistry, Depends(_registry)]
 SettingsDep = Annotated[Settings, Depends(_settings)]

@@ -10,31 +10,29 @@ a body that is not even JSON cannot tell us which of the two the client meant.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from fastapi import APIRouter, Body, Request, Response
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, StrictBool, Discriminator, Field, Tag, field_validator
 
 from ..errors import ErrorKind, RerankError
 from ..service import RerankQuery, RerankResult
 from .common import (
-    Instruction, MaxChunks, ModelName, NON_BLANK, NON_EMPTY, TopN, TextDocument, Usage, dialect_route, error_responses,
-    timing_headers,
+    Instruction, MaxChunks, ModelName, NON_BLANK, NON_EMPTY, RankedDocument, Text, TopN, Usage, ranked_documents,
 )
-from .deps import RerankerDep
+from .dialect import Dialect
 
-__all__ = ["router"]
+__all__ = ["dialect"]
 
 
 # -- native --------------------------------------------------------------------------------------
 class NativeRerankRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
+    dialect_label: ClassVar[str | None] = None
 
     model: ModelName = None
-    query: str = Field(description="The search query.", examples=["What is the capital of France?"],
-                       json_schema_extra=NON_BLANK)
-    documents: list[str] = Field(description="Candidate documents, as plain strings.", json_schema_extra=NON_EMPTY)
+    query: Text = Field(description="The search query.", examples=["What is the capital of France?"],
+                        json_schema_extra=NON_BLANK)
+    documents: list[Text] = Field(description="Candidate documents, as plain strings.", json_schema_extra=NON_EMPTY)
     top_n: TopN = None
     return_documents: StrictBool = Field(False, description="Include each document's text in the results.")
     raw_scores: StrictBool = Field(False, description="Return raw logits instead of sigmoid-normalised scores.")
@@ -54,42 +52,23 @@ class NativeRerankRequest(BaseModel):
         )
 
     def reply(self, result: RerankResult) -> NativeRerankResponse:
-        return NativeRerankResponse.from_result(result)
-
-
-class NativeResult(BaseModel):
-    index: int = Field(description="Position of the document in the request.")
-    relevance_score: float
-    document: TextDocument | None = Field(None, description="Present when return_documents is true.")
+        return NativeRerankResponse(model=result.model, results=ranked_documents(result),
+                                    usage=Usage(total_tokens=result.total_tokens))
 
 
 class NativeRerankResponse(BaseModel):
     model: str
-    results: list[NativeResult] = Field(description="Best first.")
+    results: list[RankedDocument] = Field(description="Best first.")
     usage: Usage
-
-    @classmethod
-    def from_result(cls, result: RerankResult) -> NativeRerankResponse:
-        return cls(
-            model=result.model,
-            results=[
-                NativeResult(
-                    index=r.index,
-                    relevance_score=r.score,
-                    document=TextDocument.of(r.document),
-                )
-                for r in result.results
-            ],
-            usage=Usage(total_tokens=result.total_tokens),
-        )
 
 
 # -- TEI -------------------------------------------------------------------------------------------
 class TEIRerankRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
+    dialect_label: ClassVar[str | None] = "tei"  # same path as native: label metrics and logs apart
 
-    query: str = Field(examples=["What is Deep Learning?"], json_schema_extra=NON_BLANK)
-    texts: list[str] = Field(examples=[["Deep Learning is not...", "Deep learning is..."]], json_schema_extra=NON_EMPTY)
+    query: Text = Field(examples=["What is Deep Learning?"], json_schema_extra=NON_BLANK)
+    texts: list[Text] = Field(examples=[["Deep Learning is not...", "Deep learning is..."]], json_schema_extra=NON_EMPTY)
     truncate: StrictBool | None = Field(None, description="Cut over-long inputs (null: the server default, true).")
     truncation_direction: Literal["right", "left"] = "right"
     raw_scores: StrictBool = False
@@ -142,12 +121,20 @@ _TEI_ERROR_TYPE = {
     ErrorKind.BACKEND: "Backend",
     ErrorKind.TIMEOUT: "Overloaded",
     ErrorKind.INTERNAL: "Backend",
+    ErrorKind.ROUTE_NOT_FOUND: "Validation",
+    ErrorKind.METHOD_NOT_ALLOWED: "Validation",
 }
 
 
-def render_error(exc: RerankError) -> Response:
-    body = TEIErrorResponse(error=exc.message, error_type=_TEI_ERROR_TYPE[exc.kind])
-    return JSONResponse(body.model_dump(), status_code=exc.kind.status, headers=exc.headers)
+class TEIDialect(Dialect):
+    """Errors on /rerank use TEI's shape for both dialects: a body that is not even JSON cannot
+    tell us which of the two the client meant."""
+
+    name = "tei"
+    error_model = TEIErrorResponse
+
+    def error_body(self, exc: RerankError) -> TEIErrorResponse:
+        return TEIErrorResponse(error=exc.message, error_type=_TEI_ERROR_TYPE[exc.kind])
 
 
 # -- route -----------------------------------------------------------------------------------------
@@ -160,21 +147,8 @@ RerankBody = Annotated[
     Discriminator(_dialect_of),
 ]
 
-router = APIRouter(route_class=dialect_route(render_error), tags=["native / TEI"])
-
-
-@router.post(
-    "/rerank",
-    response_model=NativeRerankResponse | list[TEIRank],
-    response_model_exclude_none=True,
-    responses=error_responses(TEIErrorResponse, statuses=(401, 404, 413, 422, 429, 500, 503, 504)),
+dialect = TEIDialect(tags=["native / TEI"])
+dialect.rerank_route(
+    "/rerank", request=RerankBody, reply=NativeRerankResponse | list[TEIRank],
     summary="Rerank documents (native shape, or TEI's when the body has `texts`)",
 )
-async def rerank(
-    body: Annotated[RerankBody, Body()], reranker: RerankerDep, request: Request, response: Response
-) -> NativeRerankResponse | list[TEIRank]:
-    if isinstance(body, TEIRerankRequest):
-        request.state.dialect = "tei"  # for metrics and logs: same path, other dialect
-    result = await reranker.rerank(body.to_query())
-    response.headers.update(timing_headers(result))
-    return body.reply(result)

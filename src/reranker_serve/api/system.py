@@ -12,8 +12,8 @@ from pydantic import BaseModel, Field
 
 from .. import __version__
 from ..config import ModelSpec
-from ..service import Reranker
-from .deps import RerankerDep, SettingsDep
+from ..registry import ModelRegistry, ModelState
+from .deps import RegistryDep, SettingsDep
 
 __all__ = ["router"]
 
@@ -81,14 +81,14 @@ class ModelList(BaseModel):
 _STARTED = int(time.time())
 
 
-def _model_info(reranker: Reranker, spec: ModelSpec) -> ModelInfo:
-    engine = reranker.engines.get(spec.name)
+def _model_info(registry: ModelRegistry, spec: ModelSpec) -> ModelInfo:
+    engine = registry.engine_of(spec)
     model = engine.model if engine else None
     return ModelInfo(
         name=spec.name,
         aliases=list(spec.names[1:]),
         source=spec.source,
-        ready=engine is not None,
+        ready=registry.state(spec) is ModelState.READY,
         family=model.family if model else None,
         backend=model.backend if model else None,
         device=model.device if model else None,
@@ -113,21 +113,22 @@ async def health() -> Status:
     responses={503: {"model": Status, "description": "Model loading, or failed to load"}},
     summary="Readiness: the model is loaded and warmed up",
 )
-async def ready(reranker: RerankerDep) -> Status | JSONResponse:
-    if reranker.ready:
+async def ready(registry: RegistryDep) -> Status | JSONResponse:
+    if registry.ready:
         return Status(status="ready")
-    status = Status(status="failed", error=reranker.load_error) if reranker.load_error else Status(status="loading")
+    error = registry.load_error
+    status = Status(status="failed", error=error) if error else Status(status="loading")
     return JSONResponse(status.model_dump(exclude_none=True), status_code=503, headers={"Retry-After": "5"})
 
 
 @router.get("/info", response_model=Info, summary="The models and limits being served")
-async def info(reranker: RerankerDep, settings: SettingsDep) -> Info:
-    models = [_model_info(reranker, spec) for spec in reranker.specs]
+async def info(registry: RegistryDep, settings: SettingsDep) -> Info:
+    models = [_model_info(registry, spec) for spec in registry.specs]
     default = models[0]
     return Info(
         model=default.name,
         model_source=default.source,
-        ready=reranker.ready,
+        ready=registry.ready,
         device=default.device,
         dtype=default.dtype,
         max_length=default.max_length,
@@ -145,8 +146,8 @@ async def info(reranker: RerankerDep, settings: SettingsDep) -> Info:
 
 
 @router.get("/v1/models", response_model=ModelList, summary="Served models (OpenAI list shape), one entry per name")
-async def list_models(reranker: RerankerDep) -> ModelList:
-    models = [_model_info(reranker, spec) for spec in reranker.specs]
+async def list_models(registry: RegistryDep) -> ModelList:
+    models = [_model_info(registry, spec) for spec in registry.specs]
     return ModelList(data=[
         ModelCard(id=name, created=_STARTED, root=m.source, ready=m.ready, family=m.family)
         for m in models for name in (m.name, *m.aliases)

@@ -91,10 +91,11 @@ class LocalScorer:
         from ..config import Settings
         from ..engine import Engine
         from ..service import Reranker
+        from ..registry import ModelRegistry
 
         config = Settings(_env_file=None, model_path=model, use_offline_mode=True, **settings)  # type: ignore[arg-type]
         self._loop = asyncio.new_event_loop()
-        self._reranker = Reranker(config, [Engine.load(config)])
+        self._reranker = Reranker(ModelRegistry(config, [Engine.load(config)]))
 
     def __call__(self, query: str, documents: Sequence[str]) -> list[float]:
         from ..service import RerankQuery
@@ -106,7 +107,7 @@ class LocalScorer:
         return scores
 
     def close(self) -> None:
-        for engine in self._reranker.engines.values():
+        for engine in self._reranker.registry.engines():
             engine.stop()
         self._loop.close()
 

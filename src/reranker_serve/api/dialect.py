@@ -1,0 +1,116 @@
+"""The dialect contract: what one API family (native/TEI, Cohere, Jina) must say, and the one
+place that turns it into routes.
+
+A dialect is three things:
+
+    request model   .to_query() -> RerankQuery            (its wire format in)
+                    .reply(RerankResult) -> reply model   (its wire format out)
+    error shape     Dialect.error_body(RerankError)       (its error body)
+    statuses        Dialect.status(ErrorKind)             (the kinds it answers differently, if any)
+
+Everything else is derived here, once: every rerank route ends in ``do_rerank`` (as vLLM's
+score/rerank router does); the error statuses that OpenAPI documents come from ``status()``
+over the error kinds (so the document states what the route really answers); 404 and 405 on a
+dialect's paths come in its shape too.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, ClassVar, Protocol, Sequence
+
+from fastapi import APIRouter, Body, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from ..errors import ErrorKind, RerankError
+from ..service import Reranker, RerankQuery, RerankResult
+from .common import dialect_route, timing_headers
+from .deps import RerankerDep
+
+__all__ = ["Dialect", "RerankRequest", "do_rerank"]
+
+# Kinds a rerank operation can answer; the other two are about paths and methods, not operations.
+_OPERATION_KINDS = [k for k in ErrorKind if k not in (ErrorKind.ROUTE_NOT_FOUND, ErrorKind.METHOD_NOT_ALLOWED)]
+
+
+class RerankRequest(Protocol):
+    """What every dialect's request model provides."""
+
+    # Metrics/log label when one path serves two dialects (TEI on /rerank); None: the path's.
+    dialect_label: ClassVar[str | None]
+
+    def to_query(self) -> RerankQuery: ...
+
+    def reply(self, result: RerankResult) -> Any: ...
+
+
+async def do_rerank(body: RerankRequest, reranker: Reranker, request: Request, response: Response) -> Any:
+    """The one handler behind every rerank route."""
+    if body.dialect_label:
+        request.state.dialect = body.dialect_label
+    result = await reranker.rerank(body.to_query())
+    response.headers.update(timing_headers(result))
+    return body.reply(result)
+
+
+class Dialect:
+    """One API family: subclass, set ``name``, ``error_model`` and ``prefixes``, implement
+    ``error_body``; override ``status`` where the family answers a kind with another status."""
+
+    name: ClassVar[str]
+    error_model: ClassVar[type[BaseModel]]
+    # Path prefixes whose unknown routes (404) answer in this shape; exact route paths always do.
+    prefixes: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, *, tags: Sequence[str]) -> None:
+        self.router = APIRouter(route_class=dialect_route(self.render), tags=list(tags))
+        self.paths: list[str] = []
+
+    # -- what a dialect says ---------------------------------------------------------------------
+    def error_body(self, exc: RerankError) -> BaseModel:
+        raise NotImplementedError
+
+    def status(self, kind: ErrorKind) -> int:
+        return kind.status
+
+    # -- derived -----------------------------------------------------------------------------------
+    def render(self, exc: RerankError) -> Response:
+        return JSONResponse(self.error_body(exc).model_dump(), status_code=self.status(exc.kind), headers=exc.headers)
+
+    def statuses(self) -> list[int]:
+        """Every error status a rerank route of this dialect can answer."""
+        return sorted({self.status(kind) for kind in _OPERATION_KINDS})
+
+    def owns(self, path: str) -> bool:
+        return path in self.paths or path.startswith(self.prefixes)
+
+    def document(self, openapi: dict[str, Any]) -> None:
+        """Make the OpenAPI document list exactly the error statuses this dialect answers
+        (FastAPI adds a 422 to every route with a body, whatever the route answers)."""
+        answered = {str(s) for s in self.statuses()}
+        for path in self.paths:
+            for operation in openapi.get("paths", {}).get(path, {}).values():
+                responses = operation.get("responses", {})
+                for status in [s for s in responses if s.isdigit() and int(s) >= 400 and s not in answered]:
+                    del responses[status]
+
+    def rerank_route(self, path: str, *, request: Any, reply: Any, summary: str) -> None:
+        """Add ``POST path``: parse ``request``, rank, answer ``reply`` — via ``do_rerank``."""
+
+        async def endpoint(body: Any, reranker: Any, request: Request, response: Response) -> Any:
+            return await do_rerank(body, reranker, request, response)
+
+        # FastAPI reads the parameters' types from the signature: give it the real ones.
+        endpoint.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
+            inspect.Parameter("body", inspect.Parameter.KEYWORD_ONLY, annotation=request, default=Body()),
+            inspect.Parameter("reranker", inspect.Parameter.KEYWORD_ONLY, annotation=RerankerDep),
+            inspect.Parameter("request", inspect.Parameter.KEYWORD_ONLY, annotation=Request),
+            inspect.Parameter("response", inspect.Parameter.KEYWORD_ONLY, annotation=Response),
+        ], return_annotation=reply)
+        endpoint.__name__ = f"rerank_{self.name}_{path.strip('/').replace('/', '_')}"
+        self.router.add_api_route(
+            path, endpoint, methods=["POST"], response_model=reply, response_model_exclude_none=True,
+            responses={s: {"model": self.error_model} for s in self.statuses()}, summary=summary,
+        )
+        self.paths.append(path)
