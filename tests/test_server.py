@@ -97,8 +97,11 @@ def test_process_exits_1_when_the_model_does_not_load(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "reranker_serve"], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("reranker-serve: model failed to load") and str(folder) in last
+    lines = proc.stderr.strip().splitlines()
+    # The cause is said once, where it happened; the last line says what became of the server.
+    cause = [line for line in lines if str(folder) in line and "failed to load" in line]
+    assert len(cause) == 1 and "ERROR" in cause[0]
+    assert lines[-1] == "reranker-serve: stopped because a model failed to load (the error above says why)"
 
 
 def test_overload_answers_429_in_the_dialect_shape(tiny_model):

@@ -6,10 +6,12 @@ Exit codes: 0 after a clean shutdown, 1 when the model failed to load, 2 for bad
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import signal
 import sys
 
-from .config import ConfigError, apply_offline_environment, load_settings
+from .config import ENV_PREFIX, SCRIPT_VARIABLES, ConfigError, Settings, apply_offline_environment, load_settings
 
 __all__ = ["main"]
 
@@ -28,6 +30,57 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _preflight(settings: Settings) -> None:
+    """Settings that parse but cannot work on this machine: found now, named, exit 2 — not a
+    traceback from deep inside uvicorn or torch later."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ConfigError(f"invalid configuration: RERANKER_HOST: cannot resolve {settings.host!r} ({exc.strerror}); "
+                          "use an address of this machine, 127.0.0.1 or 0.0.0.0") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(
+                    f"invalid configuration: RERANKER_PORT: port {settings.port} on {settings.host} is already in use "
+                    "by another process; stop it or choose another RERANKER_PORT"
+                ) from None
+            raise ConfigError(f"invalid configuration: RERANKER_HOST: cannot listen on {settings.host}:{settings.port} "
+                              f"({exc.strerror}); use an address of this machine, 127.0.0.1 or 0.0.0.0") from None
+    if settings.device in ("cuda", "mps"):
+        from .device import resolve_device
+
+        try:
+            resolve_device(settings.device)
+        except ConfigError as exc:
+            raise ConfigError(f"invalid configuration: {exc}; use RERANKER_DEVICE=auto or cpu") from None
+
+
+def _warn_unknown_variables(environ: dict[str, str]) -> None:
+    """A RERANKER_* variable that is no setting is most likely a typo that silently does nothing."""
+    import difflib
+
+    from loguru import logger
+
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields} | set(SCRIPT_VARIABLES)
+    for name in sorted(n for n in environ if n.upper().startswith(ENV_PREFIX) and n.upper() not in known):
+        close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else "; see .env.example for the settings"
+        logger.warning("{} is not a setting of reranker-serve and does nothing{}", name, hint)
+
+
+def _env_file_variables() -> dict[str, str]:
+    from dotenv import dotenv_values
+
+    return {k: v or "" for k, v in dotenv_values(".env").items()} if os.path.isfile(".env") else {}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["evaluate"]:  # `reranker-serve evaluate ...`: the evaluation harness
@@ -43,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         settings = load_settings(**overrides)
+        _preflight(settings)
     except ConfigError as exc:
         print(f"reranker-serve: {exc}", file=sys.stderr)
         return 2
@@ -51,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     from .observability import configure_logging
 
     configure_logging(level=settings.log_level, fmt=settings.log_format)
+    _warn_unknown_variables({**_env_file_variables(), **os.environ})
 
     import uvicorn
 
@@ -58,16 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     common = dict(host=settings.host, port=settings.port, log_level=settings.log_level, log_config=None,
                   timeout_graceful_shutdown=settings.shutdown_timeout)
     if settings.workers > 1 or args.reload:
-        # Several processes (or the reloader) need an import string; each reads RERANKER_* itself.
-        if overrides:
-            import os
-
-            for key, value in overrides.items():
-                os.environ[f"RERANKER_{key.upper()}"] = str(value)
-        uvicorn.run(
-            "reranker_serve.app:create_app", factory=True, workers=settings.workers, reload=args.reload, **common
-        )
-        return 0
+        return _serve_in_workers(settings, overrides, reload=args.reload, **common)
 
     from .app import create_app
 
@@ -85,11 +131,33 @@ def main(argv: list[str] | None = None) -> int:
     # no-op so the process exits 0 (systemd, daemon.sh and orchestrators read exit codes).
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     server.run()
-    if failures:
-        print(f"reranker-serve: model failed to load: {failures[0]}", file=sys.stderr)
+    return _exit_code(failed=bool(failures))
+
+
+def _exit_code(*, failed: bool) -> int:
+    if failed:
+        # The cause was logged where it happened, with its remedy; this only closes the story.
+        print("reranker-serve: stopped because a model failed to load (the error above says why)", file=sys.stderr)
         return 1
     return 0
 
+
+def _serve_in_workers(settings: Settings, overrides: dict[str, object], *, reload: bool, **common: object) -> int:
+    """Several processes (or the reloader): each worker builds its app from RERANKER_* itself."""
+    import tempfile
+
+    import uvicorn
+
+    from .app import FAILURE_FILE_VARIABLE
+
+    for key, value in overrides.items():
+        os.environ[f"{ENV_PREFIX}{key.upper()}"] = str(value)
+    with tempfile.NamedTemporaryFile("r", prefix="reranker-serve-", suffix=".failure") as failure:
+        os.environ[FAILURE_FILE_VARIABLE] = failure.name
+        uvicorn.run("reranker_serve.app:create_worker_app", factory=True, workers=settings.workers, reload=reload,
+                    **common)  # type: ignore[arg-type]
+        failed = failure.read().strip()
+    return _exit_code(failed=bool(failed))
 
 if __name__ == "__main__":
     sys.exit(main())

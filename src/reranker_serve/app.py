@@ -110,3 +110,36 @@ def create_app(
     app.include_router(system.router)
     _dialect_errors(app, dialects)
     return app
+
+
+# How a worker process (RERANKER_WORKERS > 1, or --reload) tells `python -m reranker_serve` that
+# its model failed to load: the message goes to this file, and the worker exits with uvicorn's
+# start-up failure code, which makes uvicorn's supervisor stop every worker instead of
+# restarting this one (and loading the broken model again, forever).
+FAILURE_FILE_VARIABLE = "_RERANKER_SERVE_FAILURE_FILE"
+_STARTUP_FAILURE = 3  # uvicorn.server.STARTUP_FAILURE
+
+
+def create_worker_app() -> FastAPI:
+    """The app factory of worker processes (``uvicorn ... --factory``): each is a fresh
+    interpreter, so it sets up offline mode and logging itself, as ``__main__`` does."""
+    import os
+
+    from loguru import logger
+
+    from .config import apply_offline_environment
+    from .observability import configure_logging
+
+    settings = load_settings()
+    apply_offline_environment(offline=settings.use_offline_mode)
+    configure_logging(level=settings.log_level, fmt=settings.log_format)
+
+    def stop_everything(message: str) -> None:
+        path = os.environ.get(FAILURE_FILE_VARIABLE)
+        if path:
+            with open(path, "a", encoding="utf-8") as out:
+                out.write(message + "\n")
+        logger.complete()
+        os._exit(_STARTUP_FAILURE)
+
+    return create_app(settings, on_load_failure=stop_everything)

@@ -20,6 +20,8 @@ from pydantic_settings.exceptions import SettingsError
 __all__ = ["ConfigError", "ModelEntry", "ModelSpec", "Settings", "load_settings"]
 
 ENV_PREFIX = "RERANKER_"
+# RERANKER_* variables read by the shell scripts (daemon.sh), not by the server.
+SCRIPT_VARIABLES = ("RERANKER_PIDFILE", "RERANKER_LOGFILE", "RERANKER_START_TIMEOUT", "RERANKER_STOP_TIMEOUT")
 MAX_CHUNKS_PER_DOC = 100  # most windows one document may be split into (setting and requests)
 
 # How a model turns (query, document) into a score; "auto" reads it from the model's config.

@@ -50,7 +50,8 @@ def resolve_device(requested: str = "auto") -> str:
             return "cuda"
         return "mps" if _mps_available() else "cpu"
     if requested == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("RERANKER_DEVICE=cuda, but CUDA is not available on this machine")
+        build = "a CPU-only build of torch is installed" if torch.version.cuda is None else "torch sees no GPU"
+        raise ConfigError(f"RERANKER_DEVICE=cuda, but CUDA is not available on this machine ({build})")
     if requested == "mps" and not _mps_available():
         raise ConfigError("RERANKER_DEVICE=mps, but Apple MPS is not available on this machine")
     return requested

@@ -1,17 +1,32 @@
-"""`python -m reranker_serve.download MODEL [DIR]`: fetch a model for offline use.
+"""The hub: is it reachable, is a model cached, fetch one (with progress) — and
+`python -m reranker_serve.download MODEL [DIR]`, which fetches a model for offline use.
 
-Downloads with huggingface_hub (progress bars, resumable), only the files a reranker needs
-(one weight format: safetensors when the repository has it), checks that the folder loads,
-and prints the RERANKER_MODEL_PATH line to use. Exit codes: 0 done, 1 failed (one line, no
+Downloads use huggingface_hub (resumable) and take only the files a reranker needs (one weight
+format: safetensors when the repository has it). Progress is a bar on a terminal and a log line
+every few seconds elsewhere (a daemon's log). The command checks that the folder loads and
+prints the RERANKER_MODEL_PATH line to use. Exit codes: 0 done, 1 failed (one line, no
 traceback), 2 usage.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
-__all__ = ["download", "main"]
+from tqdm.auto import tqdm
+
+__all__ = ["HubUnreachable", "download", "fetch", "in_cache", "main", "probe_hub"]
+
+
+class HubUnreachable(ConnectionError):
+    """The hub cannot be reached from here; ``reason`` says why, in a few words."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"the hub at {url} is unreachable ({reason})")
+        self.url = url
+        self.reason = reason
 
 # Config, tokenizer and vocab files; weights are added below in one format only.
 _ALWAYS = ["*.json", "*.txt", "*.model", "*.tiktoken", "*.py", "*.md"]
@@ -26,8 +41,8 @@ def _weight_patterns(files: list[str]) -> list[str]:
     return []
 
 
-def _probe_hub(timeout: float = 5.0) -> None:
-    """Fail in seconds, not after huggingface_hub's minute of retries, where the hub is unreachable."""
+def probe_hub(timeout: float = 5.0) -> None:
+    """Raise HubUnreachable in seconds, not after huggingface_hub's half minute of retries."""
     import os
     import socket
     from urllib.parse import urlparse
@@ -37,24 +52,64 @@ def _probe_hub(timeout: float = 5.0) -> None:
     try:
         socket.create_connection((url.hostname, port), timeout=timeout).close()
     except OSError as exc:
-        raise ConnectionError(f"the hub at {url.geturl()} is unreachable ({exc}); on a closed network, copy "
-                              "a model folder in and set RERANKER_MODEL_PATH (see README, Offline use)") from None
+        raise HubUnreachable(url.geturl(), str(exc) or type(exc).__name__) from None
 
 
-def download(model: str, folder: Path, *, revision: str | None = None, token: str | None = None) -> Path:
+def in_cache(model: str, cache_dir: Path | str | None) -> bool:
+    """Whether ``model``'s config is in the Hugging Face cache at ``cache_dir``."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(model, "config.json", cache_dir=cache_dir), str)
+
+
+class LoggedProgress(tqdm):
+    """A progress bar for logs: a line every ``mininterval`` seconds (10) instead of a redrawn bar."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.update(disable=False, mininterval=kwargs.get("mininterval") or 10.0)
+        kwargs.pop("name", None)  # huggingface_hub's own tqdm takes a `name`; the plain one does not
+        super().__init__(*args, **kwargs)
+
+    def display(self, msg: str | None = None, pos: int | None = None) -> bool:
+        from loguru import logger
+
+        d = self.format_dict
+        unit = d.get("unit") or "it"
+        done = tqdm.format_sizeof(d["n"]) if d.get("unit_scale") else str(d["n"])
+        total = d.get("total")
+        of = (f" of {tqdm.format_sizeof(total) if d.get('unit_scale') else total} ({d['n'] / total:.0%})"
+              if total else "")
+        logger.info("{}: {} {}{} after {:.0f} s", self.desc or "downloading", done, unit, of, d["elapsed"])
+        return True
+
+
+def fetch(model: str, *, cache_dir: Path | None = None, local_dir: Path | None = None, revision: str | None = None,
+          token: str | None = None, progress: str = "auto") -> Path:
+    """Download the files a reranker needs into ``local_dir`` (a plain folder) or the cache.
+
+    ``progress``: "bar" (a terminal), "log" (log lines), "auto" (bar on a terminal, else log)."""
     from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.utils import enable_progress_bars
 
-    _probe_hub()
-
+    probe_hub()
     files = HfApi().list_repo_files(model, revision=revision, token=token)
     weights = _weight_patterns(files)
     if not weights:
         raise RuntimeError(f"{model} has no weight files (safetensors/bin) at its top level")
-    snapshot_download(
-        model, revision=revision, token=token, local_dir=folder, allow_patterns=_ALWAYS + weights,
-        ignore_patterns=["onnx/*", "openvino/*", "*.onnx", "*.h5", "*.msgpack", "*.ot"],
+    if progress == "auto":
+        progress = "bar" if sys.stderr.isatty() else "log"
+    if progress == "bar":
+        enable_progress_bars()
+    path = snapshot_download(
+        model, revision=revision, token=token, cache_dir=cache_dir, local_dir=local_dir,
+        allow_patterns=_ALWAYS + weights, ignore_patterns=["onnx/*", "openvino/*", "*.onnx", "*.h5", "*.msgpack", "*.ot"],
+        tqdm_class=None if progress == "bar" else LoggedProgress,
     )
-    return folder
+    return Path(path)
+
+
+def download(model: str, folder: Path, *, revision: str | None = None, token: str | None = None) -> Path:
+    return fetch(model, local_dir=folder, revision=revision, token=token)
 
 
 def _verify(folder: Path) -> str:
@@ -80,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         download(model, folder)
     except Exception as exc:  # network, auth, missing repo: one line, not a traceback
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, HubUnreachable):
+            reason += "; on a closed network, copy a model folder in and set RERANKER_MODEL_PATH (see README, Offline use)"
         print(f"download_model: cannot download {model}: {type(exc).__name__}: {reason}", file=sys.stderr)
         return 1
     try:

@@ -87,12 +87,15 @@ class Engine:
             threads = configure_cpu_threads(settings.num_threads)
             logger.info("CPU inference with {} torch threads", threads)
         started = time.perf_counter()
+        logger.info("loading {} from {} on {} ({})", spec.name, spec.describe(), placement.device, placement.dtype_name)
         model = load_model(spec, placement)
         engine = cls(model, settings, spec, load_seconds=time.perf_counter() - started, device_lock=device_lock)
         engine.warm_up()
+        engine.load_seconds = time.perf_counter() - started
         logger.info(
-            "model {} ({}) loaded in {:.1f} s on {} ({}), max_length {}",
-            model.name, model.family, engine.load_seconds, model.device, model.dtype_name, model.max_length,
+            "{} ready in {:.1f} s: {} reranker on {} ({}, {}), max_length {}",
+            model.name, engine.load_seconds, model.family, model.device, model.dtype_name, model.backend,
+            model.max_length,
         )
         return engine
 

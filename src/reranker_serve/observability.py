@@ -75,6 +75,7 @@ class Metrics:
 
 
 # -- request context ----------------------------------------------------------------------------
+_PROBES = frozenset({"/health", "/ready", "/metrics"})
 _DIALECTS = {"/rerank": "native", "/v1/rerank": "cohere-v1", "/v2/rerank": "cohere-v2", "/api/v1/rerank": "jina"}
 
 
@@ -122,17 +123,32 @@ class RequestContextMiddleware:
                     if status == 401:
                         self.metrics.auth_failures.labels(dialect).inc()
                 client = scope.get("client")
-                logger.bind(access=True).info(
-                    "{} {} {} {:.1f}ms {}", scope.get("method"), path, status, elapsed * 1000,
+                # Probes and scrapes (daemon.sh's readiness polls, orchestrators' health checks,
+                # Prometheus) arrive every few seconds: at INFO they would bury the real traffic.
+                level = "DEBUG" if path in _PROBES and status < 400 else "INFO"
+                logger.bind(access=True).log(
+                    level, "{} {} {} {:.1f}ms {}", scope.get("method"), path, status, elapsed * 1000,
                     f"{client[0]}:{client[1]}" if client else "-",
                 )
 
 
 # -- logging ------------------------------------------------------------------------------------
+# Messages libraries print on every model load that mislead here: our encoders are loaded for
+# inference (no loss is ever computed), and CrossEncoder "initializing a new model" is
+# sentence-transformers' word for reading a plain transformers folder, which is what we give it.
+_MISLEADING = (
+    ("transformers", "was set in the config but it is unrecognized. Using the default loss"),
+    ("sentence_transformers", "No modules.json found"),
+    ("sentence_transformers", "No sentence-transformers model found"),
+)
+
+
 class _InterceptHandler(logging.Handler):
     """Standard-library records into loguru (the recipe from loguru's documentation)."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        if any(record.name.startswith(name) and text in record.getMessage() for name, text in _MISLEADING):
+            return
         try:
             level: str | int = logger.level(record.levelname).name
         except ValueError:
@@ -179,3 +195,16 @@ def configure_logging(*, level: str = "info", fmt: str = "text") -> None:
         lib.propagate = True
     # Our middleware writes the access line (with the request id); uvicorn's would be a duplicate.
     logging.getLogger("uvicorn.access").disabled = True
+    # Libraries that give their logger a stderr handler of their own would print each line twice
+    # (once raw, once through our sink): huggingface_hub's retry warnings, transformers' messages.
+    # They add that handler when first imported, so import them first (after the offline
+    # environment is set: huggingface_hub reads HF_HUB_OFFLINE on import).
+    import huggingface_hub.utils.logging  # noqa: F401
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_default_handler()
+    hf_logging.enable_propagation()
+    for name in ("huggingface_hub", "transformers", "sentence_transformers"):
+        lib = logging.getLogger(name)
+        lib.handlers = []
+        lib.propagate = True

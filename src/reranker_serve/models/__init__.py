@@ -16,6 +16,8 @@ naming what its config says.
 
 from __future__ import annotations
 
+import time
+from dataclasses import replace
 from typing import Any
 
 from loguru import logger
@@ -79,6 +81,32 @@ def _read_config(spec: ModelSpec) -> dict[str, Any]:
     return config
 
 
+def _from_hub(spec: ModelSpec) -> ModelSpec:
+    """A hub model on disk before loading: downloaded with progress on a first start, or the cached
+    copy when the hub cannot be reached; without either, fail at once saying how to get it."""
+    from ..download import HubUnreachable, fetch, in_cache, probe_hub
+
+    cached = in_cache(spec.source, spec.cache_dir)
+    try:
+        probe_hub()
+    except HubUnreachable as exc:
+        if cached:
+            logger.warning("{}; loading the copy of {} cached in {}", exc, spec.source, spec.cache_dir)
+            return replace(spec, offline=True)
+        folder = f"models/{spec.source.split('/')[-1]}"
+        raise ModelLoadError(
+            f"cannot download {spec.source}: {exc}, and {spec.cache_dir} holds no copy of it. "
+            f"On a machine with internet run `./download_model.sh {spec.source}` and copy {folder} here, then "
+            f"start with RERANKER_MODEL_PATH={folder}; or set RERANKER_MODEL_PATH to a folder that holds the model"
+        ) from None
+    if not cached:
+        started = time.perf_counter()
+        logger.info("downloading {} from the hub into {} (first start only)", spec.source, spec.cache_dir)
+        fetch(spec.source, cache_dir=spec.cache_dir)
+        logger.info("downloaded {} in {:.0f} s", spec.source, time.perf_counter() - started)
+    return spec
+
+
 def _backend(spec: ModelSpec, family: str, placement: Placement) -> str:
     """torch or openvino: OpenVINO runs cross-encoders on the CPU (faster there, same precision)."""
     if spec.backend == "torch":
@@ -132,6 +160,8 @@ def load_model(spec: ModelSpec, placement: Placement) -> ScoringModel:
     hf_logging.enable_propagation()
     if not spec.local:
         spec.cache_dir.mkdir(parents=True, exist_ok=True)
+        if not spec.offline:
+            spec = _from_hub(spec)
     config = _read_config(spec)
     family = detect_family(config, spec.model_type)
     if family in _REMOTE_CODE and not spec.trust_remote_code:
