@@ -75,6 +75,18 @@ def build_tiny_model(out: Path, *, max_positions: int = 130, seed: int = 0) -> P
     return out
 
 
+def build_hub_cache(cache: Path, models: dict[str, Callable[[Path], Path]]) -> Path:
+    """A Hugging Face cache, in the layout huggingface_hub writes, holding ``models`` (hub id ->
+    builder of a tiny stand-in) as if they had been downloaded."""
+    revision = "0" * 40
+    for repo, build in models.items():
+        folder = cache / f"models--{repo.replace('/', '--')}"
+        build(folder / "snapshots" / revision)
+        (folder / "refs").mkdir(parents=True, exist_ok=True)
+        (folder / "refs" / "main").write_text(revision)
+    return cache
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-reranker")

@@ -22,7 +22,7 @@ import pytest
 
 from reranker_serve.app import create_app
 from reranker_serve.config import Settings
-from conftest import RunningServer, build_tiny_model
+from conftest import RunningServer, build_hub_cache, build_tiny_model
 from llm_models import build_qwen3
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -120,15 +120,7 @@ def test_the_readme_has_an_example_for_every_dialect():
 
 @pytest.fixture(scope="module")
 def hub_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A Hugging Face cache (the layout huggingface_hub writes) holding a tiny model per hub id."""
-    cache = tmp_path_factory.mktemp("hub-cache")
-    for repo, build in HUB_MODELS.items():
-        folder = cache / f"models--{repo.replace('/', '--')}"
-        revision = "0" * 40
-        build(folder / "snapshots" / revision)
-        (folder / "refs").mkdir()
-        (folder / "refs" / "main").write_text(revision)
-    return cache
+    return build_hub_cache(tmp_path_factory.mktemp("hub-cache"), HUB_MODELS)
 
 
 @pytest.fixture(scope="module")

@@ -190,6 +190,10 @@ class Settings(BaseSettings):
     log_level: Literal["trace", "debug", "info", "warning", "error", "critical"] = "info"
     log_format: Literal["text", "json"] = Field("text", description="Log lines as text or as JSON objects.")
     api_key: str | None = Field(None, description="When set, rerank routes need `Authorization: Bearer KEY`.")
+    instance_id: str | None = Field(
+        None, description="A label /health and /ready report; daemon.sh sets a fresh one per start to know that the "
+        "server answering is the one it started.",
+    )
 
     # --- model --------------------------------------------------------------------------
     model_name: str = Field("BAAI/bge-reranker-v2-m3", min_length=1, description="Hugging Face model id.")
@@ -289,7 +293,7 @@ class Settings(BaseSettings):
             return [o.strip() for o in text.split(",") if o.strip()]
         return value
 
-    @field_validator("api_key", "served_model_name", "model_path", "instruction", "cutoff_layer", mode="before")
+    @field_validator("api_key", "instance_id", "served_model_name", "model_path", "instruction", "cutoff_layer", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # `RERANKER_API_KEY=` in a .env means "no key", not "the empty key".

@@ -125,7 +125,7 @@ class RequestContextMiddleware:
                 client = scope.get("client")
                 # Probes and scrapes (daemon.sh's readiness polls, orchestrators' health checks,
                 # Prometheus) arrive every few seconds: at INFO they would bury the real traffic.
-                level = "DEBUG" if path in _PROBES and status < 400 else "INFO"
+                level = "DEBUG" if path in _PROBES else "INFO"
                 logger.bind(access=True).log(
                     level, "{} {} {} {:.1f}ms {}", scope.get("method"), path, status, elapsed * 1000,
                     f"{client[0]}:{client[1]}" if client else "-",

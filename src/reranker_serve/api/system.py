@@ -23,6 +23,7 @@ router = APIRouter(tags=["system"])
 class Status(BaseModel):
     status: str
     error: str | None = None
+    instance: str | None = Field(None, description="RERANKER_INSTANCE_ID, when set (daemon.sh sets it).")
 
 
 class ModelInfo(BaseModel):
@@ -102,8 +103,8 @@ def _model_info(registry: ModelRegistry, spec: ModelSpec) -> ModelInfo:
 
 
 @router.get("/health", response_model=Status, response_model_exclude_none=True, summary="Liveness: the process answers")
-async def health() -> Status:
-    return Status(status="ok")
+async def health(settings: SettingsDep) -> Status:
+    return Status(status="ok", instance=settings.instance_id)
 
 
 @router.get(
@@ -113,11 +114,13 @@ async def health() -> Status:
     responses={503: {"model": Status, "description": "Model loading, or failed to load"}},
     summary="Readiness: the model is loaded and warmed up",
 )
-async def ready(registry: RegistryDep) -> Status | JSONResponse:
+async def ready(registry: RegistryDep, settings: SettingsDep) -> Status | JSONResponse:
+    instance = settings.instance_id
     if registry.ready:
-        return Status(status="ready")
+        return Status(status="ready", instance=instance)
     error = registry.load_error
-    status = Status(status="failed", error=error) if error else Status(status="loading")
+    status = Status(status="failed", error=error, instance=instance) if error else Status(status="loading",
+                                                                                             instance=instance)
     return JSONResponse(status.model_dump(exclude_none=True), status_code=503, headers={"Retry-After": "5"})
 
 
