@@ -30,30 +30,48 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 py="$VENV/bin/python"
 pip() { "$py" -m pip --disable-pip-version-check -q "$@"; }
+log="$VENV/setup.log"
+# pip install, saying what it fetches and installs as it goes (one line a package, not pip's
+# whole chatter); the full output is kept in $log and its tail shown if pip fails.
+progress() {
+  local line
+  while IFS= read -r line; do
+    case "$line" in
+      Collecting*|Downloading*) printf '[setup]   %s\n' "${line%% (*}" ;;
+      "Installing collected packages"*) printf '[setup]   installing %s packages\n' "$(tr ',' '\n' <<<"${line#*: }" | wc -l)" ;;
+    esac
+  done
+}
+pip_install() {
+  if "$py" -m pip --disable-pip-version-check install --progress-bar off "$@" 2>&1 | tee "$log" | progress; then
+    return 0
+  fi
+  say "pip failed; the end of $log:"; tail -n 25 "$log" >&2; return 1
+}
 
 # --- torch: chosen for the machine, installed before anything can pull the default build ------
 if ! "$py" -c "import torch" >/dev/null 2>&1; then
   if [ -n "${TORCH_INDEX_URL:-}" ]; then
     say "installing torch $TORCH_VERSION from $TORCH_INDEX_URL"
-    pip install "torch==$TORCH_VERSION" --index-url "$TORCH_INDEX_URL"
+    pip_install "torch==$TORCH_VERSION" --index-url "$TORCH_INDEX_URL"
   elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-    say "NVIDIA GPU found: installing the CUDA build of torch $TORCH_VERSION"
-    pip install "torch==$TORCH_VERSION"
+    say "NVIDIA GPU found: installing the CUDA build of torch $TORCH_VERSION (a few GB: minutes)"
+    pip_install "torch==$TORCH_VERSION"
   elif [ "$(uname -s)" = "Darwin" ]; then
     say "macOS: installing torch $TORCH_VERSION (CPU + Apple MPS)"
-    pip install "torch==$TORCH_VERSION"
+    pip_install "torch==$TORCH_VERSION"
   else
     say "no GPU: installing the CPU build of torch $TORCH_VERSION"
     # PyPI's default Linux wheel is the multi-GB CUDA build, so: a wheel pip can already see
     # locally (find-links) first, then PyTorch's CPU index if it answers, PyPI only as a last resort.
     local_wheels=$(mktemp -d)
     if pip download --no-index --no-deps "torch==$TORCH_VERSION" -d "$local_wheels" >/dev/null 2>&1; then
-      pip install "$local_wheels"/torch-*.whl
+      pip_install "$local_wheels"/torch-*.whl
     elif "$py" -c "import socket; socket.create_connection(('download.pytorch.org', 443), timeout=5)" 2>/dev/null; then
-      pip install "torch==$TORCH_VERSION" --index-url https://download.pytorch.org/whl/cpu
+      pip_install "torch==$TORCH_VERSION" --index-url https://download.pytorch.org/whl/cpu
     else
       say "PyTorch's CPU index is unreachable; installing torch from PyPI (large download)"
-      pip install "torch==$TORCH_VERSION"
+      pip_install "torch==$TORCH_VERSION"
     fi
     rm -rf "$local_wheels"
   fi
@@ -68,8 +86,9 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$digest" ]; then
   say "up to date ($req)"
   exit 0
 fi
-say "installing $req"
-pip install -r "$req"
+say "installing $req (the server's libraries: a minute or two on a first run)"
+pip_install -r "$req"
+say "installing reranker-serve itself (editable)"
 pip install --no-deps -e .
 echo "$digest" > "$stamp"
 say "done: $("$py" -c 'import torch, reranker_serve as r; print(f"reranker-serve {r.__version__}, torch {torch.__version__}")')"
