@@ -7,7 +7,9 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 
@@ -45,3 +47,25 @@ def wait_ready(port: int, proc: subprocess.Popen | None = None, timeout: float =
             pass
         time.sleep(0.1)
     raise RuntimeError("server not ready in time")
+
+
+@contextmanager
+def serving(env: dict[str, str], *, log: Path, timeout: float = 120) -> Iterator[str]:
+    """`python -m reranker_serve` with ``env``, ready; yields its base URL; SIGTERM and a clean
+    exit (0) when the block ends."""
+    import signal
+
+    port = int(env["RERANKER_PORT"])
+    proc = start_server(["-m", "reranker_serve"], env, log=log)
+    try:
+        wait_ready(port, proc, timeout=timeout)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+    assert code == 0, log.read_text()[-2000:]
+
+
+def run_daemon(cmd: str, env: dict, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(ROOT / "daemon.sh"), cmd], env=env, capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)

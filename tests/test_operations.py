@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import DOCS, QUERY
-from procs import ROOT, free_port, server_env, start_server, wait_ready
+from procs import ROOT, free_port, run_daemon, server_env, serving, start_server, wait_ready
 
 
 def samples(text: str) -> dict[tuple, float]:
@@ -95,21 +95,15 @@ def test_docs_render_in_headless_chromium_without_network(server, tmp_path):
 
 
 def test_json_logs_with_request_ids_and_no_api_key(tiny_model, tmp_path):
-    port, log = free_port(), tmp_path / "server.log"
-    env = server_env(tiny_model, port, RERANKER_LOG_FORMAT="json", RERANKER_API_KEY="super-secret-key-123")
-    proc = start_server(["-m", "reranker_serve"], env, log=log)
-    try:
-        wait_ready(port, proc)
-        base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "server.log"
+    env = server_env(tiny_model, free_port(), RERANKER_LOG_FORMAT="json", RERANKER_API_KEY="super-secret-key-123")
+    with serving(env, log=log) as base:
         ok = httpx.post(f"{base}/rerank", json={"query": QUERY, "documents": DOCS},
                         headers={"Authorization": "Bearer super-secret-key-123", "X-Request-ID": "req-abc"})
         assert ok.status_code == 200
         bad = httpx.post(f"{base}/rerank", json={"query": QUERY, "documents": DOCS},
                          headers={"Authorization": "Bearer wrong-key-456"})
         assert bad.status_code == 401
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 0
     lines = [l for l in log.read_text().splitlines() if l.strip()]
     records = [json.loads(l) for l in lines]  # every line is JSON, uvicorn's own included
     assert any("Uvicorn running on" in r["message"] for r in records)
@@ -199,11 +193,6 @@ def test_download_fails_fast_and_cleanly_without_the_hub(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot download BAAI/bge-reranker-base" in lines[0] and "unreachable" in lines[0]
     assert "Traceback" not in proc.stderr
-
-
-def run_daemon(cmd: str, env: dict, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(ROOT / "daemon.sh"), cmd], env=env, capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
 
 
 def test_daemon_lifecycle_with_a_stale_pidfile(tiny_model, tmp_path):

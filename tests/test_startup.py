@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import httpx
 import pytest
 
 from conftest import DOCS, QUERY, build_hub_cache, build_tiny_model
-from procs import ROOT, free_port, server_env, start_server, wait_ready
+from procs import free_port, run_daemon, server_env, serving
 
 NO_HUB = "http://127.0.0.1:9"  # nothing listens on the discard port: refused at once
 
@@ -50,18 +49,11 @@ def test_first_start_without_the_hub_fails_at_once_with_the_remedy(tmp_path):
 
 def test_a_cached_model_serves_when_the_hub_is_unreachable(tmp_path):
     cache = build_hub_cache(tmp_path / "models", {"BAAI/bge-reranker-v2-m3": build_tiny_model})
-    port, log = free_port(), tmp_path / "server.log"
-    env = clean_env(HF_ENDPOINT=NO_HUB, RERANKER_MODEL_CACHE_DIR=str(cache), RERANKER_PORT=str(port),
-                    RERANKER_DTYPE="float32")
-    proc = start_server(["-m", "reranker_serve"], env, log=log)
-    try:
-        wait_ready(port, proc)
-        r = httpx.post(f"http://127.0.0.1:{port}/v1/rerank", json={"model": "rerank-v3.5", "query": QUERY,
-                                                                   "documents": DOCS})
+    log = tmp_path / "server.log"
+    env = clean_env(HF_ENDPOINT=NO_HUB, RERANKER_MODEL_CACHE_DIR=str(cache), RERANKER_DTYPE="float32")
+    with serving(env, log=log) as base:
+        r = httpx.post(f"{base}/v1/rerank", json={"model": "rerank-v3.5", "query": QUERY, "documents": DOCS})
         assert r.status_code == 200 and len(r.json()["results"]) == len(DOCS)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 0
     text = log.read_text()
     assert "unreachable" in text and "loading the copy of BAAI/bge-reranker-v2-m3 cached in" in text
 
@@ -96,18 +88,12 @@ def test_a_port_in_use_is_named_and_exits_2(tmp_path, tiny_model):
 
 # -- logs -------------------------------------------------------------------------------------------
 def test_start_up_log_says_what_loads_and_warns_of_typos_and_nothing_misleading(tmp_path, tiny_model):
-    port, log = free_port(), tmp_path / "server.log"
-    env = server_env(tiny_model, port, RERANKER_MODELPATH="/typo", RERANKER_BACTH_SIZE="4")
-    proc = start_server(["-m", "reranker_serve"], env, log=log)
-    try:
-        wait_ready(port, proc)
-        base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "server.log"
+    env = server_env(tiny_model, free_port(), RERANKER_MODELPATH="/typo", RERANKER_BACTH_SIZE="4")
+    with serving(env, log=log) as base:
         for _ in range(3):
             assert httpx.get(f"{base}/health").status_code == 200
         assert httpx.post(f"{base}/rerank", json={"query": QUERY, "documents": DOCS}).status_code == 200
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 0
     text = log.read_text()
     assert "RERANKER_MODELPATH is not a setting of reranker-serve and does nothing; did you mean RERANKER_MODEL_PATH?" in text
     assert "RERANKER_BACTH_SIZE is not a setting" in text and "did you mean RERANKER_BATCH_SIZE?" in text
@@ -133,16 +119,11 @@ def test_json_logs_are_all_json_through_failures_and_warnings(tmp_path):
 
 
 def test_request_ids_in_the_text_log_with_several_workers(tmp_path, tiny_model):
-    port, log = free_port(), tmp_path / "server.log"
-    proc = start_server(["-m", "reranker_serve"], server_env(tiny_model, port, RERANKER_WORKERS="2"), log=log)
-    try:
-        wait_ready(port, proc, timeout=180)
-        r = httpx.post(f"http://127.0.0.1:{port}/rerank", json={"query": QUERY, "documents": DOCS},
+    log = tmp_path / "server.log"
+    with serving(server_env(tiny_model, free_port(), RERANKER_WORKERS="2"), log=log, timeout=180) as base:
+        r = httpx.post(f"{base}/rerank", json={"query": QUERY, "documents": DOCS},
                        headers={"X-Request-ID": "req-worker-42"})
         assert r.status_code == 200
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
     lines = log.read_text().splitlines()
     assert any("| req-worker-42 | POST /rerank 200" in line for line in lines), log.read_text()[-2000:]
 
@@ -161,9 +142,6 @@ def test_several_workers_stop_when_the_model_fails_to_load(tmp_path):
 
 
 # -- daemon.sh ------------------------------------------------------------------------------------
-def run_daemon(cmd: str, env: dict, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(ROOT / "daemon.sh"), cmd], env=env, capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
 
 
 def test_daemon_does_not_report_ready_when_another_server_owns_the_port(tmp_path, tiny_model):
