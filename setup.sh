@@ -36,6 +36,7 @@ log="$VENV/setup.log"
 progress() {
   local line
   while IFS= read -r line; do
+    line="${line#"${line%%[![:space:]]*}"}"  # pip indents some lines
     case "$line" in
       Collecting*|Downloading*) printf '[setup]   %s\n' "${line%% (*}" ;;
       "Installing collected packages"*) printf '[setup]   installing %s packages\n' "$(tr ',' '\n' <<<"${line#*: }" | wc -l)" ;;

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import httpx
 import pytest
 
 from conftest import DOCS, QUERY, build_hub_cache, build_tiny_model
-from procs import free_port, run_daemon, server_env, serving
+from procs import ROOT, free_port, run_daemon, server_env, serving, start_server, wait_ready
 
 NO_HUB = "http://127.0.0.1:9"  # nothing listens on the discard port: refused at once
 
@@ -193,3 +194,92 @@ def test_daemon_restart_keeps_the_settings_it_was_started_with(tmp_path, tiny_mo
         assert run_daemon("status", other_shell).returncode == 0
     finally:
         assert run_daemon("stop", env).returncode == 0
+
+
+def test_the_reloader_keeps_the_request_id_column(tmp_path, tiny_model):
+    # --reload (run.sh --dev) serves from a child process of the reloader, built by the factory.
+    env, log = server_env(tiny_model, free_port()), tmp_path / "reload.log"
+    proc = start_server(["-m", "reranker_serve", "--reload"], env, log=log)
+    try:
+        port = int(env["RERANKER_PORT"])
+        wait_ready(port, proc, timeout=180)
+        r = httpx.post(f"http://127.0.0.1:{port}/rerank", json={"query": QUERY, "documents": DOCS},
+                       headers={"X-Request-ID": "req-reload-7"})
+        assert r.status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    assert any("| req-reload-7 | POST /rerank 200" in line for line in log.read_text().splitlines())
+
+
+# -- progress where people wait ---------------------------------------------------------------------
+def test_download_progress_is_log_lines_off_a_terminal(monkeypatch, tmp_path):
+    from loguru import logger
+
+    from reranker_serve import download
+
+    seen: dict[str, object] = {}
+
+    def snapshot_download(repo, **kw):
+        seen.update(kw)
+        bar = kw["tqdm_class"](total=3 * 2**20, unit="B", unit_scale=True, desc="Fetching weights", mininterval=0)
+        bar.update(2**20)
+        bar.update(2 * 2**20)
+        bar.close()
+        return str(tmp_path)
+
+    class Api:
+        def list_repo_files(self, *a, **kw):
+            return ["config.json", "model.safetensors", "onnx/model.onnx"]
+
+    import huggingface_hub
+
+    monkeypatch.setattr(download, "probe_hub", lambda: None)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(m.record["message"]), level="INFO")
+    try:
+        download.fetch("org/model", cache_dir=tmp_path, progress="log")
+    finally:
+        logger.remove(sink)
+    assert seen["tqdm_class"] is download.LoggedProgress
+    assert "*.safetensors" in seen["allow_patterns"]
+    assert any(line.startswith("Fetching weights: 1.05MB of 3.15MB (33%) after ") for line in lines), lines
+    assert any(line.startswith("Fetching weights: 3.15MB of 3.15MB (100%)") for line in lines), lines
+
+
+FAKE_PIP = r"""#!/usr/bin/env bash
+# A stand-in venv python: `import torch` works, pip "installs" three packages slowly.
+case "$*" in
+  *"import torch"*"reranker_serve"*) echo "reranker-serve 0.0, torch 0.0" ;;
+  "-c import torch") exit 0 ;;
+  *"pip"*"install"*"-r"*)
+    echo "WARNING: Location 'file:///x' is ignored"
+    echo "Collecting fastapi<1,>=0.115 (from -r requirements.txt (line 3))"
+    echo "  Downloading fastapi-0.1-py3-none-any.whl (95 kB)"
+    echo "Collecting uvicorn (from -r requirements.txt (line 4))"
+    echo "Installing collected packages: fastapi, uvicorn, h11"
+    echo "Successfully installed fastapi-0.1 uvicorn-0.1 h11-0.1" ;;
+  *"pip"*) exit 0 ;;
+esac
+"""
+
+
+def test_setup_says_what_it_installs_as_it_goes(tmp_path):
+    import shutil
+
+    for name in ("setup.sh", "requirements.txt", "requirements-dev.txt", "pyproject.toml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    python = tmp_path / ".venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text(FAKE_PIP)
+    python.chmod(0o755)
+    done = subprocess.run(["bash", "setup.sh", "--dev"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "[setup]   Collecting fastapi<1,>=0.115" in lines
+    assert "[setup]   Downloading fastapi-0.1-py3-none-any.whl" in lines
+    assert "[setup]   installing 3 packages" in lines
+    assert not any("WARNING" in line for line in lines)  # pip's chatter stays in the log
+    assert "WARNING: Location" in (tmp_path / ".venv" / "setup.log").read_text()

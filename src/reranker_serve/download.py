@@ -66,7 +66,8 @@ class LoggedProgress(tqdm):
     """A progress bar for logs: a line every ``mininterval`` seconds (10) instead of a redrawn bar."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.update(disable=False, mininterval=kwargs.get("mininterval") or 10.0)
+        kwargs["disable"] = False
+        kwargs.setdefault("mininterval", 10.0)
         kwargs.pop("name", None)  # huggingface_hub's own tqdm takes a `name`; the plain one does not
         super().__init__(*args, **kwargs)
 
@@ -75,11 +76,13 @@ class LoggedProgress(tqdm):
 
         d = self.format_dict
         unit = d.get("unit") or "it"
-        done = tqdm.format_sizeof(d["n"]) if d.get("unit_scale") else str(d["n"])
+
+        def amount(n: float) -> str:
+            return f"{tqdm.format_sizeof(n)}{unit}" if d.get("unit_scale") else f"{n:g} {unit}"
+
         total = d.get("total")
-        of = (f" of {tqdm.format_sizeof(total) if d.get('unit_scale') else total} ({d['n'] / total:.0%})"
-              if total else "")
-        logger.info("{}: {} {}{} after {:.0f} s", self.desc or "downloading", done, unit, of, d["elapsed"])
+        of = f" of {amount(total)} ({d['n'] / total:.0%})" if total else ""
+        logger.info("{}: {}{} after {:.0f} s", self.desc or "downloading", amount(d["n"]), of, d["elapsed"])
         return True
 
 
