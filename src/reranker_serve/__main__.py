@@ -149,14 +149,21 @@ def _serve_in_workers(settings: Settings, overrides: dict[str, object], *, reloa
     import uvicorn
 
     from .app import FAILURE_FILE_VARIABLE
+    from .keys import BUCKETS_FILE_VARIABLE, RateLimiter
 
     for key, value in overrides.items():
         os.environ[f"{ENV_PREFIX}{key.upper()}"] = str(value)
-    with tempfile.NamedTemporaryFile("r", prefix="reranker-serve-", suffix=".failure") as failure:
-        os.environ[FAILURE_FILE_VARIABLE] = failure.name
-        uvicorn.run("reranker_serve.app:create_worker_app", factory=True, workers=settings.workers, reload=reload,
-                    **common)  # type: ignore[arg-type]
-        failed = failure.read().strip()
+    # One bucket file for every worker: a key's rate limits hold for the server, not per process.
+    buckets = RateLimiter.create_file()
+    os.environ[BUCKETS_FILE_VARIABLE] = buckets
+    try:
+        with tempfile.NamedTemporaryFile("r", prefix="reranker-serve-", suffix=".failure") as failure:
+            os.environ[FAILURE_FILE_VARIABLE] = failure.name
+            uvicorn.run("reranker_serve.app:create_worker_app", factory=True, workers=settings.workers, reload=reload,
+                        **common)  # type: ignore[arg-type]
+            failed = failure.read().strip()
+    finally:
+        os.unlink(buckets)
     return _exit_code(failed=bool(failed))
 
 if __name__ == "__main__":

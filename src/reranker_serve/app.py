@@ -8,6 +8,8 @@ The models load in the background, one after the other, after the server starts 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, Callable, Sequence
 
@@ -24,6 +26,7 @@ from .api.dialect import Dialect
 from .config import Settings, load_settings
 from .engine import Engine
 from .errors import ErrorKind, RerankError
+from .keys import BUCKETS_FILE_VARIABLE, KeyRing, RateLimiter
 from .observability import Metrics, RequestContextMiddleware
 from .registry import ModelRegistry
 from .service import Reranker
@@ -74,15 +77,23 @@ def create_app(
         registry = ModelRegistry(settings, engines, metrics=metrics)
         app.state.registry = registry
         app.state.reranker = Reranker(registry)
+        # Worker processes share one bucket file (made by __main__), so a key's limits hold server-wide.
+        app.state.limiter = RateLimiter(os.environ.get(BUCKETS_FILE_VARIABLE))
         loader = None
         if not registry.ready:
             loader = asyncio.create_task(registry.load(on_failure=on_load_failure))
+        try:
+            # SIGHUP re-reads the key file at once (a changed file is also picked up within a second).
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, app.state.keys.reload)
+        except (RuntimeError, ValueError, NotImplementedError):  # not the main thread (tests), or no signals
+            pass
         try:
             yield
         finally:
             if loader is not None and not loader.done():
                 loader.cancel()
             await registry.close()
+            app.state.limiter.close()
 
     metrics = Metrics()
     # FastAPIOffline: Swagger UI and ReDoc from assets bundled in the package, not a CDN, so
@@ -95,6 +106,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.keys = KeyRing(settings.api_keys, single_key=settings.api_key)
     if settings.cors_origins:  # off unless configured: a browser page should not call us by default
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
@@ -103,7 +115,7 @@ def create_app(
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     # The key requirement appears in the OpenAPI schema only when a key is configured, so the
     # schema describes this server as it runs (generated tests hold it to that).
-    secured = [Security(bearer_scheme)] if settings.api_key else []
+    secured = [Security(bearer_scheme)] if app.state.keys.enabled else []
     dialects = [native.dialect, cohere.dialect, jina.dialect]
     for dialect in dialects:
         app.include_router(dialect.router, dependencies=secured)

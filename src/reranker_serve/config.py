@@ -190,6 +190,10 @@ class Settings(BaseSettings):
     log_level: Literal["trace", "debug", "info", "warning", "error", "critical"] = "info"
     log_format: Literal["text", "json"] = Field("text", description="Log lines as text or as JSON objects.")
     api_key: str | None = Field(None, description="When set, rerank routes need `Authorization: Bearer KEY`.")
+    api_keys: str | None = Field(
+        None, description="Named API keys with limits and priorities: a JSON object, or the path of a file holding one "
+        "(read again when it changes)."
+    )
     instance_id: str | None = Field(
         None, description="A label /health and /ready report; daemon.sh sets a fresh one per start to know that the "
         "server answering is the one it started.",
@@ -293,11 +297,22 @@ class Settings(BaseSettings):
             return [o.strip() for o in text.split(",") if o.strip()]
         return value
 
-    @field_validator("api_key", "instance_id", "served_model_name", "model_path", "instruction", "cutoff_layer", mode="before")
+    @field_validator("api_key", "api_keys", "instance_id", "served_model_name", "model_path", "instruction", "cutoff_layer", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # `RERANKER_API_KEY=` in a .env means "no key", not "the empty key".
         return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _keys_parse(self) -> Settings:
+        if self.api_keys is not None:
+            from .keys import parse_keys, read_keys_setting
+
+            try:
+                parse_keys(read_keys_setting(self.api_keys), single_key=self.api_key)
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"RERANKER_API_KEYS: {exc}") from None
+        return self
 
     @field_validator("model_path")
     @classmethod

@@ -7,6 +7,7 @@
       kind=PAYLOAD_TOO_LARGE       too many documents, or a pair too long with        413
                                    truncation off (TEI answers these with 413 too)
       kind=OVERLOADED              the queue is full; retry later                     429 + Retry-After
+      kind=RATE_LIMITED            the API key is over its rate limit                 429 + Retry-After
       kind=NOT_READY               the model is still loading (or failed to load)     503 (+ Retry-After)
       kind=BACKEND                 the forward pass failed                            503
       kind=TIMEOUT                 the request outlived RERANKER_REQUEST_TIMEOUT      504
@@ -34,6 +35,7 @@ class ErrorKind(str, enum.Enum):
     MODEL_NOT_FOUND = "model_not_found"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     OVERLOADED = "overloaded"
+    RATE_LIMITED = "rate_limited"
     NOT_READY = "unhealthy"
     BACKEND = "backend"
     TIMEOUT = "timeout"
@@ -52,6 +54,7 @@ _STATUS: dict[ErrorKind, int] = {
     ErrorKind.MODEL_NOT_FOUND: HTTPStatus.NOT_FOUND,
     ErrorKind.PAYLOAD_TOO_LARGE: HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
     ErrorKind.OVERLOADED: HTTPStatus.TOO_MANY_REQUESTS,
+    ErrorKind.RATE_LIMITED: HTTPStatus.TOO_MANY_REQUESTS,
     ErrorKind.NOT_READY: HTTPStatus.SERVICE_UNAVAILABLE,
     ErrorKind.BACKEND: HTTPStatus.SERVICE_UNAVAILABLE,
     ErrorKind.TIMEOUT: HTTPStatus.GATEWAY_TIMEOUT,

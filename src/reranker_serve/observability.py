@@ -31,7 +31,8 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
         self.requests = Counter(
-            "reranker_requests", "HTTP requests by dialect, route and status", ["dialect", "route", "status"], registry=r
+            "reranker_requests", "HTTP requests by dialect, route, status and API key name", ["dialect", "route", "status", "key"],
+            registry=r,
         )
         self.latency = Histogram(
             "reranker_request_duration_seconds", "End-to-end request time", ["dialect"],
@@ -117,7 +118,8 @@ class RequestContextMiddleware:
                 path = scope.get("path", "")
                 route = path if path in _DIALECTS or path in ("/health", "/ready", "/info", "/metrics") else "other"
                 dialect = state.get("dialect") or _DIALECTS.get(path, "system")
-                self.metrics.requests.labels(dialect, route, str(status)).inc()
+                key = state.get("key_name") or ""  # a key's name (RERANKER_API_KEYS), never the key
+                self.metrics.requests.labels(dialect, route, str(status), key).inc()
                 if route in _DIALECTS:
                     self.metrics.latency.labels(dialect).observe(elapsed)
                     if status == 401:
@@ -126,9 +128,9 @@ class RequestContextMiddleware:
                 # Probes and scrapes (daemon.sh's readiness polls, orchestrators' health checks,
                 # Prometheus) arrive every few seconds: at INFO they would bury the real traffic.
                 level = "DEBUG" if path in _PROBES else "INFO"
-                logger.bind(access=True).log(
-                    level, "{} {} {} {:.1f}ms {}", scope.get("method"), path, status, elapsed * 1000,
-                    f"{client[0]}:{client[1]}" if client else "-",
+                logger.bind(access=True, **({"key": key} if key else {})).log(
+                    level, "{} {} {} {:.1f}ms {}{}", scope.get("method"), path, status, elapsed * 1000,
+                    f"{client[0]}:{client[1]}" if client else "-", f" key={key}" if key else "",
                 )
 
 

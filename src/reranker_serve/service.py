@@ -36,6 +36,7 @@ class RerankQuery:
     max_tokens_per_doc: int | None = None
     max_chunks_per_doc: int | None = None  # None: the server's RERANKER_MAX_CHUNKS_PER_DOC
     instruction: str | None = None  # None: the model's default (LLM rerankers only)
+    priority: Literal["interactive", "batch"] = "interactive"  # the order the batcher takes pairs in
 
 
 @dataclass(frozen=True, slots=True)

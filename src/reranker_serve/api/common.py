@@ -81,16 +81,21 @@ def describe_validation(errors: Sequence[dict[str, Any]]) -> str:
 
 
 def _check_api_key(request: Request) -> None:
-    expected = request.app.state.settings.api_key
-    if not expected:
+    """Who is calling (RERANKER_API_KEY / RERANKER_API_KEYS) and whether their request rate allows
+    this request; the key's name goes to request.state for limits, priorities, logs and metrics."""
+    keys = request.app.state.keys
+    if not keys.enabled:
         return
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if not header:
         raise RerankError(ErrorKind.UNAUTHORIZED, "missing API key: send the header 'Authorization: Bearer <key>'")
-    # compare_digest: the time taken must not reveal how much of the key was right.
-    if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), expected.encode()):
+    key = keys.identify(token.strip()) if scheme.lower() == "bearer" else None
+    if key is None:
         raise RerankError(ErrorKind.UNAUTHORIZED, "invalid API key")
+    request.state.api_key = key
+    request.state.key_name = key.name  # read by the access log and the metrics (the name, never the key)
+    request.app.state.limiter.check(key)
 
 
 def _check_content_type(request: Request) -> None:

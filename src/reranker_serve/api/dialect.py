@@ -17,6 +17,7 @@ dialect's paths come in its shape too.
 from __future__ import annotations
 
 import inspect
+from dataclasses import replace
 from typing import Any, ClassVar, Protocol, Sequence
 
 from fastapi import APIRouter, Body, Request, Response
@@ -24,11 +25,24 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from ..errors import ErrorKind, RerankError
+from ..keys import ApiKey, Priority
 from ..service import Reranker, RerankQuery, RerankResult
 from .common import dialect_route, timing_headers
 from .deps import RerankerDep
 
 __all__ = ["Dialect", "RerankRequest", "do_rerank"]
+
+_PRIORITIES = ("interactive", "batch")
+
+
+def _priority(header: str | None, key: ApiKey | None) -> Priority:
+    """X-Priority if sent, else the key's default, else interactive."""
+    if header is not None:
+        value = header.strip().lower()
+        if value not in _PRIORITIES:
+            raise RerankError(ErrorKind.VALIDATION, f"X-Priority must be interactive or batch, got {header!r}")
+        return value  # type: ignore[return-value]
+    return key.priority if key is not None else "interactive"
 
 # Kinds a rerank operation can answer; the other two are about paths and methods, not operations.
 _OPERATION_KINDS = [k for k in ErrorKind if k not in (ErrorKind.ROUTE_NOT_FOUND, ErrorKind.METHOD_NOT_ALLOWED)]
@@ -49,7 +63,14 @@ async def do_rerank(body: RerankRequest, reranker: Reranker, request: Request, r
     """The one handler behind every rerank route."""
     if body.dialect_label:
         request.state.dialect = body.dialect_label
-    result = await reranker.rerank(body.to_query())
+    query = body.to_query()
+    key: ApiKey | None = getattr(request.state, "api_key", None)
+    if key is not None:
+        request.app.state.limiter.check(key, pairs=len(query.documents))
+    priority = _priority(request.headers.get("x-priority"), key)
+    if priority != query.priority:
+        query = replace(query, priority=priority)
+    result = await reranker.rerank(query)
     response.headers.update(timing_headers(result))
     return body.reply(result)
 

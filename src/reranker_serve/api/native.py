@@ -117,6 +117,7 @@ _TEI_ERROR_TYPE = {
     ErrorKind.UNAUTHORIZED: "Unauthorized",
     ErrorKind.MODEL_NOT_FOUND: "Validation",
     ErrorKind.OVERLOADED: "Overloaded",
+    ErrorKind.RATE_LIMITED: "Overloaded",
     ErrorKind.NOT_READY: "Unhealthy",
     ErrorKind.BACKEND: "Backend",
     ErrorKind.TIMEOUT: "Overloaded",
