@@ -37,9 +37,9 @@ def test_metrics_count_what_happened(serve):
     assert c.post("/v2/rerank", json={"query": "", "documents": DOCS}).status_code == 400
     m = samples(c.get("/metrics").text)
     req = "reranker_requests_total"
-    assert m[(req, (("dialect", "native"), ("route", "/rerank"), ("status", "200"), ("key", "")))] == 2
-    assert m[(req, (("dialect", "tei"), ("route", "/rerank"), ("status", "200"), ("key", "")))] == 1
-    assert m[(req, (("dialect", "cohere-v2"), ("route", "/v2/rerank"), ("status", "400"), ("key", "")))] == 1
+    assert m[(req, (("dialect", "native"), ("key", ""), ("route", "/rerank"), ("status", "200")))] == 2
+    assert m[(req, (("dialect", "tei"), ("key", ""), ("route", "/rerank"), ("status", "200")))] == 1
+    assert m[(req, (("dialect", "cohere-v2"), ("key", ""), ("route", "/v2/rerank"), ("status", "400")))] == 1
     model = (("model", "metrics-probe"),)
     assert m[("reranker_documents_total", model)] == 2 * len(DOCS) + 3
     assert m[("reranker_tokens_total", model)] > 0
