@@ -168,6 +168,7 @@ def _json_sink(message: Any) -> None:
         "level": record["level"].name,
         "message": record["message"],
         "logger": record["extra"].get("logger_name", record["name"]),
+        "pid": record["process"].id,  # several workers write one log
     }
     line.update((k, v) for k, v in record["extra"].items() if k != "logger_name")
     if record["exception"] is not None:
