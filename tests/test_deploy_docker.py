@@ -136,7 +136,7 @@ def test_entrypoint_port_and_settings():
     assert set(settings) <= names, set(settings) - names
     Settings(_env_file=None, **{k.removeprefix(ENV_PREFIX).lower(): v for k, v in settings.items()})
     # The CPU torch wheel unless the CUDA index is asked for.
-    args = dict(re.findall(r"^ARG (\w+)=(\S+)", DOCKERFILE.read_text(), re.M))
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)", DOCKERFILE.read_text(), re.MULTILINE))
     assert args["TORCH_INDEX_URL"].endswith("/cpu")
     flags, command = healthcheck_command(runtime)
     assert command[0] == "python" and "/health" in command[-1]
@@ -144,7 +144,7 @@ def test_entrypoint_port_and_settings():
 
 
 def test_the_model_stage_bakes_with_download_model_sh():
-    model_stage = [s for s in stages(DOCKERFILE) if " AS model" in s[0][1]][0]
+    model_stage = next(s for s in stages(DOCKERFILE) if " AS model" in s[0][1])
     (run,) = [rest for keyword, rest in model_stage if keyword == "RUN"]
     assert "./download_model.sh" in run and "RERANKER_MODEL_PATH=" in run
     assert (ROOT / "download_model.sh").is_file()

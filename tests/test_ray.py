@@ -23,11 +23,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import CLIENT_ALIASES, DOCS, QUERY
 from procs import free_port, server_env, start_server
+from reranker_serve.config import Settings
+from reranker_serve.ray import REPLICA_HEADER, deployment_options
 
 serve_api = pytest.importorskip("ray.serve", reason="Ray Serve is not installed (pip install 'reranker-serve[ray]')")
-
-from reranker_serve.config import Settings  # noqa: E402
-from reranker_serve.ray import REPLICA_HEADER, deployment_options  # noqa: E402
 
 NAMES = ("tiny-reranker", *CLIENT_ALIASES)
 # One request per dialect; ids that are random per reply are left out of the comparison.
@@ -135,8 +134,10 @@ def test_ray_answers_like_the_single_process_server(ray_server, server):
     assert (ray_client.get("/ready").status_code, ray_client.get("/ready").json()) == (200, {"status": "ready"})
     info, expected_info = ray_client.get("/info").json(), server.client.get("/info").json()
     assert info == expected_info
-    models = [{k: v for k, v in m.items() if k != "created"} for m in ray_client.get("/v1/models").json()["data"]]
-    assert models == [{k: v for k, v in m.items() if k != "created"} for m in server.client.get("/v1/models").json()["data"]]
+    def models(client: httpx.Client) -> list[dict]:  # `created` is each process's start time
+        return [{k: v for k, v in m.items() if k != "created"} for m in client.get("/v1/models").json()["data"]]
+
+    assert models(ray_client) == models(server.client)
     metrics = ray_client.get("/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
     families = {f.name for f in text_string_to_metric_families(metrics.text)}
@@ -262,3 +263,21 @@ def test_ray_settings_are_validated():
         load_settings(_env_file=None, ray_replicas=5, ray_max_replicas=4)
     with pytest.raises(ConfigError, match="RERANKER_RAY_NUM_GPUS"):
         load_settings(_env_file=None, ray_num_gpus=-1)
+
+
+def test_a_model_that_does_not_load_fails_the_command(tmp_path):
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"architectures": ["Nope"], "model_type": "nope"}')
+    env = server_env(broken, free_port(), RERANKER_RAY_REPLICAS="1", RERANKER_RAY_NUM_CPUS="0.5",
+                     RAY_DEFAULT_OBJECT_STORE_MAX_MEMORY_BYTES=str(200 * 1024 * 1024))
+    log = tmp_path / "ray.log"
+    proc = start_server(["-m", "reranker_serve.ray"], env, log=log)
+    try:
+        assert proc.wait(180) == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    text = log.read_text()
+    assert "not a supported reranker" in text and "Ray Serve deployment failed" in text

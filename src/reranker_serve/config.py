@@ -255,7 +255,9 @@ class Settings(BaseSettings):
     ray_address: str | None = Field(
         None, description="Ray cluster to join (e.g. auto, ray://head:10001); unset: start a local one."
     )
-    ray_replicas: int = Field(1, ge=1, description="Replicas (each loads the model once); the start count with autoscaling.")
+    ray_replicas: int = Field(
+        1, ge=1, description="Replicas (each loads the model once); the start count with autoscaling."
+    )
     ray_min_replicas: int = Field(1, ge=0, description="Autoscaling floor (used when RAY_MAX_REPLICAS is set).")
     ray_max_replicas: int = Field(0, ge=0, description="Autoscaling ceiling; 0: no autoscaling, RAY_REPLICAS fixed.")
     ray_target_ongoing_requests: float = Field(

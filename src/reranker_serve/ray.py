@@ -27,8 +27,9 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any
 
 from loguru import logger
 
@@ -276,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         serve.run(build_application(settings), name=APP_NAME, route_prefix="/", blocking=False)
     except Exception as exc:  # a model that does not load, a port in use, a cluster not reachable
         logger.error("Ray Serve deployment failed: {}", exc)
-        _shutdown()
+        _shutdown(joined=bool(settings.ray_address))
         return 1
     # After ray.init: Ray's core installs its own SIGTERM handler, which would kill this process
     # without shutting Serve down.
@@ -286,19 +287,25 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("serving {} replica(s) on http://{}:{}", settings.ray_replicas, settings.host, settings.port)
     stop.wait()
     logger.info("shutting down: draining replicas")
-    _shutdown()
+    _shutdown(joined=bool(settings.ray_address))
     return 0
 
 
-def _shutdown() -> None:
+def _shutdown(*, joined: bool) -> None:
+    """Our own local cluster: stop Serve and Ray. A cluster we joined: delete only our
+    application (other applications may be served there) and disconnect."""
     import ray
     from ray import serve
 
-    if ray.is_initialized():
-        try:
+    if not ray.is_initialized():
+        return
+    try:
+        if joined:
+            serve.delete(APP_NAME)
+        else:
             serve.shutdown()
-        finally:
-            ray.shutdown()
+    finally:
+        ray.shutdown()
 
 
 if __name__ == "__main__":
