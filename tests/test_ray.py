@@ -128,7 +128,8 @@ def test_ray_answers_like_the_single_process_server(ray_server, server):
         got = ray_client.post(path, json=body)
         assert _comparable(path, got) == expected, (path, body)
         assert got.headers[REPLICA_HEADER]
-        assert float(got.headers["x-total-time"]) >= 0 if got.status_code == 200 else True
+        if got.status_code == 200:
+            assert float(got.headers["x-total-time"]) >= 0  # TEI's timing headers come through Serve
     # System routes: the same routes and bodies.
     assert ray_client.get("/health").json() == {"status": "ok"}
     assert (ray_client.get("/ready").status_code, ray_client.get("/ready").json()) == (200, {"status": "ready"})
@@ -281,3 +282,81 @@ def test_a_model_that_does_not_load_fails_the_command(tmp_path):
             proc.wait(30)
     text = log.read_text()
     assert "not a supported reranker" in text and "Ray Serve deployment failed" in text
+
+
+# -- the proxy's failover, as an ASGI middleware around stand-ins for Serve's routing ------------
+def _run_failover(attempts: list[str], *, body: bytes = b'{"q": 1}', chunks: int = 1) -> tuple[list[dict], int]:
+    """Serve's routing answers each attempt as scripted: "replica" (our app's reply), "serve-500"
+    (Serve's own 500, no replica header), "silent" (returns without a reply), "raise", "replica-503"."""
+    import asyncio
+
+    from reranker_serve.ray import ReplicaFailover
+
+    script = list(attempts)
+    calls = 0
+
+    async def routing(scope, receive, send):
+        nonlocal calls
+        calls += 1
+        got = b""
+        while True:
+            message = await receive()
+            got += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        assert got == body  # every attempt sees the whole body
+        what = script.pop(0)
+        if what == "silent":
+            return
+        if what == "raise":
+            raise RuntimeError("The actor died unexpectedly before finishing this task.")
+        status, headers = {"replica": (200, [(b"x-reranker-replica", b"r1")]), "serve-500": (500, []),
+                           "replica-503": (503, [(b"x-reranker-replica", b"r1"), (b"retry-after", b"5")])}[what]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": got})
+
+    middleware = ReplicaFailover(routing)
+    middleware.backoff_s = 0
+    size = len(body) // chunks
+    incoming = [{"type": "http.request", "body": body[i * size:(i + 1) * size if i < chunks - 1 else None],
+                 "more_body": i < chunks - 1} for i in range(chunks)]
+    sent: list[dict] = []
+
+    async def receive():
+        if incoming:
+            return incoming.pop(0)
+        await asyncio.sleep(3600)  # the client stays connected
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(asyncio.wait_for(middleware({"type": "http", "headers": []}, receive, send), 10))
+    return sent, calls
+
+
+@pytest.mark.parametrize("failure", ["serve-500", "silent", "raise"])
+def test_failover_sends_a_failed_request_again(failure):
+    sent, calls = _run_failover([failure, failure, "replica"])
+    assert calls == 3
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]  # one reply only
+    assert sent[0]["status"] == 200 and sent[1]["body"] == b'{"q": 1}'
+
+
+def test_failover_gives_up_with_503_and_retry_after():
+    sent, calls = _run_failover(["serve-500", "silent", "raise", "serve-500"])
+    assert calls == 4
+    assert sent[0]["status"] == 503 and (b"retry-after", b"1") in sent[0]["headers"]
+    assert b"no replica could answer" in sent[1]["body"]
+
+
+def test_failover_passes_a_replica_answer_through():
+    sent, calls = _run_failover(["replica-503"])  # the replica's own 503 (e.g. model loading): not retried
+    assert calls == 1 and sent[0]["status"] == 503 and (b"retry-after", b"5") in sent[0]["headers"]
+
+
+def test_failover_streams_bodies_too_large_to_keep():
+    from reranker_serve.ray import ReplicaFailover
+
+    body = b"x" * (ReplicaFailover.max_replay_bytes + 10)
+    sent, calls = _run_failover(["serve-500", "replica"], body=body, chunks=4)
+    assert calls == 1 and sent[0]["status"] == 500  # no copy kept, no second chance

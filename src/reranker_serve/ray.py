@@ -121,6 +121,9 @@ class ReplicaFailover:
 
     retries = 3
     backoff_s = 0.2
+    # Bodies are kept up to the server's default RERANKER_MAX_REQUEST_BYTES; a larger one goes
+    # through as it comes (the replica answers it, usually 413) without a second chance.
+    max_replay_bytes = Settings.model_fields["max_request_bytes"].default
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -129,15 +132,20 @@ class ReplicaFailover:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        body = []
+        read: list[dict[str, Any]] = []
+        size = 0
         while True:  # read the whole body once, to replay it on every attempt
             message = await receive()
             if message["type"] == "http.disconnect":
                 return
-            body.append(message.get("body", b""))
+            read.append(message)
+            size += len(message.get("body", b""))
+            if size > self.max_replay_bytes:
+                await self.app(scope, _prepend(read, receive), send)
+                return
             if not message.get("more_body"):
                 break
-        request = b"".join(body)
+        request = b"".join(message.get("body", b"") for message in read)
         client_gone = asyncio.Event()
 
         async def client_receive() -> dict[str, Any]:
@@ -188,6 +196,16 @@ class ReplicaFailover:
         if not started:
             logger.warning("Serve ended a request without a reply; {}", "answering 503" if last else "sending it again")
         return started
+
+
+def _prepend(messages: list[dict[str, Any]], receive: Any) -> Any:
+    """A `receive` that gives the messages already read again, then the client's own."""
+    pending = list(messages)
+
+    async def replay() -> dict[str, Any]:
+        return pending.pop(0) if pending else await receive()
+
+    return replay
 
 
 async def _unavailable(send: Any) -> None:
@@ -241,12 +259,14 @@ def _start_ray(settings: Settings) -> None:
     if settings.ray_address:
         ray.init(address=settings.ray_address, logging_level="warning")
         return
-    # A local cluster: its proxy (started by Serve in this cluster) fails requests of a dead
-    # replica over to another. A cluster started elsewhere needs this variable set where it starts.
+    # The proxy that Serve starts in this cluster inherits this variable and installs our failover
+    # (a cluster started elsewhere needs it set where it starts: docs/deployment.md).
     os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", PROXY_CALLBACK)
-    # A local cluster of this machine, without the dashboard (its extra processes and port). Ray's
-    # own variables still apply (e.g. RAY_DEFAULT_OBJECT_STORE_MAX_MEMORY_BYTES caps its shared memory).
-    ray.init(include_dashboard=False, logging_level="warning")
+    # A new local cluster, without the dashboard (its extra processes and port); address="local"
+    # even where RAY_ADDRESS or a `ray start` on this machine would make Ray join that cluster
+    # (whose Serve our shutdown would then stop). Ray's own variables still apply, e.g.
+    # RAY_DEFAULT_OBJECT_STORE_MAX_MEMORY_BYTES caps its shared memory.
+    ray.init(address="local", include_dashboard=False, logging_level="warning")
 
 
 def main(argv: list[str] | None = None) -> int:
