@@ -263,6 +263,24 @@ class Settings(BaseSettings):
         default_factory=list, description="Origins allowed by CORS (comma-separated or JSON list); empty: CORS off."
     )
 
+    # --- Ray Serve (`python -m reranker_serve.ray`; HOST/PORT are where Serve's proxy listens) --
+    ray_address: str | None = Field(
+        None, description="Ray cluster to join (e.g. auto, ray://head:10001); unset: start a local one."
+    )
+    ray_replicas: int = Field(
+        1, ge=1, description="Replicas (each loads the model once); the start count with autoscaling."
+    )
+    ray_min_replicas: int = Field(1, ge=0, description="Autoscaling floor (used when RAY_MAX_REPLICAS is set).")
+    ray_max_replicas: int = Field(0, ge=0, description="Autoscaling ceiling; 0: no autoscaling, RAY_REPLICAS fixed.")
+    ray_target_ongoing_requests: float = Field(
+        2.0, gt=0, description="Autoscaling target: requests in flight per replica."
+    )
+    ray_max_ongoing_requests: int = Field(
+        32, ge=1, description="Most requests one replica holds at once (more wait in Serve's queue)."
+    )
+    ray_num_cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves per replica (ray_actor_options).")
+    ray_num_gpus: float = Field(0.0, ge=0, description="GPUs Ray reserves per replica (fractions share one GPU).")
+
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
@@ -327,6 +345,17 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
+
+    _ray_address_empty_is_unset = field_validator("ray_address", mode="before")(_empty_is_unset.__func__)
+
+    @model_validator(mode="after")
+    def _ray_replica_bounds(self) -> Settings:
+        if self.ray_max_replicas and not self.ray_min_replicas <= self.ray_replicas <= self.ray_max_replicas:
+            raise ValueError(
+                f"RERANKER_RAY_REPLICAS ({self.ray_replicas}) must lie between RERANKER_RAY_MIN_REPLICAS "
+                f"({self.ray_min_replicas}) and RERANKER_RAY_MAX_REPLICAS ({self.ray_max_replicas})"
+            )
+        return self
 
     _specs: list[ModelSpec] = PrivateAttr(default_factory=list)
 
