@@ -79,10 +79,10 @@ def _wait_for_models(app: Any) -> None:
     @asynccontextmanager
     async def lifespan(app_: Any) -> AsyncIterator[Any]:
         async with inner(app_) as state:
-            reranker = app_.state.reranker
-            while not reranker.ready:
-                if reranker.load_error:
-                    raise RuntimeError(f"model failed to load: {reranker.load_error}")
+            registry = app_.state.registry
+            while not registry.ready:
+                if registry.load_error:
+                    raise RuntimeError(f"model failed to load: {registry.load_error}")
                 await asyncio.sleep(_READY_POLL_S)
             yield state
 
