@@ -198,3 +198,23 @@ async def test_request_that_cannot_meet_its_deadline_is_refused_at_once():
     model.gate.set()
     await asyncio.gather(backlog, blocker)
     batcher.close()
+
+
+async def test_unpadded_batches_count_real_tokens():
+    # A packed batch costs its real tokens: pairs of very different lengths share one batch
+    # where the padded budget (pairs × longest) would split them.
+    model = FakeModel()
+    batcher = make(model, max_batch_tokens=40, max_batch_size=100, padded=False)
+    blocker = await hold(model, batcher)
+    lengths = [20, 2, 3, 1, 4, 2, 15, 5, 3]
+    task = asyncio.ensure_future(batcher.submit(pairs(*lengths), timeout=30))
+    await asyncio.sleep(0.05)
+    model.gate.set()
+    result = await task
+    await blocker
+    assert result.scores == [fake_score(p) for p in pairs(*lengths)]
+    batches = model.batches[1:]
+    assert all(sum(len(p) for p in b) <= 40 for b in batches)
+    assert sum(len(b) for b in batches) == len(lengths)
+    assert any(len(b) * max(len(p) for p in b) > 40 for b in batches), [[len(p) for p in b] for b in batches]
+    batcher.close()

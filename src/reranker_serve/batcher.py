@@ -9,7 +9,8 @@ model; it only admits work (or answers 429 when the queue is full) and awaits a 
 Batch selection: the oldest waiting request seeds each batch with its longest remaining pair
 (length L), so no request waits behind an endless stream of newer ones; the batch is then filled
 with the longest waiting pairs of length <= L from any request, while (pairs x L) stays within
-``max_batch_tokens`` and the pair count within ``max_batch_size``.
+``max_batch_tokens`` and the pair count within ``max_batch_size``. For a model that runs
+unpadded (packed tokens, variable-length attention) the budget counts real tokens instead.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from bisect import bisect_right
+from itertools import accumulate
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -85,8 +88,11 @@ class Batcher:
         max_queue: int,
         batch_wait: float = 0.0,
         is_oom: Callable[[BaseException], bool] = lambda exc: False,
+        padded: bool = True,
     ) -> None:
         self._forward = forward
+        # Padded batches cost pairs × their longest pair; unpadded (packed) ones their real tokens.
+        self.padded = padded
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
@@ -215,7 +221,11 @@ class Batcher:
             key=lambda c: (c[0], c[1]),
             reverse=True,
         )
-        cap = max(1, min(self.max_batch_size, self.max_batch_tokens // max(width, 1)))
+        if self.padded:
+            cap = max(1, min(self.max_batch_size, self.max_batch_tokens // max(width, 1)))
+        else:
+            lengths = list(accumulate(c[0] for c in candidates[: self.max_batch_size]))
+            cap = max(1, bisect_right(lengths, self.max_batch_tokens))
         batch = [(job, i) for _, _, i, job in candidates[:cap]]
         for job, i in batch:
             job.remaining.discard(i)
@@ -237,7 +247,8 @@ class Batcher:
         rate = len(batch) / elapsed if elapsed > 0 else 0.0
         self._pairs_per_s = rate if self._pairs_per_s == 0 else 0.8 * self._pairs_per_s + 0.2 * rate
         if self.on_batch is not None:
-            self.on_batch(len(batch), len(batch) * max(len(job.pairs[i]) for job, i in batch))
+            lengths = [len(job.pairs[i]) for job, i in batch]
+            self.on_batch(len(batch), len(batch) * max(lengths) if self.padded else sum(lengths))
         done = []
         with self._cond:
             self._queued -= len(batch)

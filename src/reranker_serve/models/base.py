@@ -27,6 +27,8 @@ class Pair:
     # lightweight LLM reranker compresses what lies between them).
     before_doc: int = 0
     after_doc: int = 0
+    # Leading tokens every pair of its request begins with (decoder rerankers compute them once).
+    shared: int = 0
 
     def __len__(self) -> int:
         return len(self.ids)
