@@ -10,13 +10,13 @@ import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
 import anyio
 import torch
 from loguru import logger
 
-from .batcher import Batcher, Forward
+from .batcher import Batcher
 from .config import ModelSpec, Settings
 from .device import Placement, configure_cpu_threads, resolve_placement
 from .models import EncodeOptions, Pair, ScoringModel, load_model
@@ -33,6 +33,7 @@ class EngineScores:
 
 
 _INLINE_TOKENIZE_CHARS = 4096
+T = TypeVar("T")
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -54,10 +55,13 @@ def default_batch_size(device: str) -> int:
     return 1024 if device.startswith("cuda") else 32
 
 
-def _serialised(forward: Forward, lock: threading.Lock) -> Forward:
-    def run(batch: Sequence[Pair]) -> list[float]:
+def _serialised(call: Callable[[Sequence[Pair]], T], lock: threading.Lock | None) -> Callable[[Sequence[Pair]], T]:
+    if lock is None:
+        return call
+
+    def run(batch: Sequence[Pair]) -> T:
         with lock:
-            return forward(batch)
+            return call(batch)
 
     return run
 
@@ -75,9 +79,12 @@ class Engine:
         self.settings = settings
         self.spec = spec or settings.model_specs[0]
         self.load_seconds = load_seconds
-        forward = model.forward if device_lock is None else _serialised(model.forward, device_lock)
+        # On a GPU the batcher keeps two batches in flight: launched (asynchronous), then collected.
+        launch = getattr(model, "launch", None) if model.device.startswith("cuda") else None
         self.batcher = Batcher(
-            forward,
+            _serialised(model.forward, device_lock),
+            launch=_serialised(launch, device_lock) if launch is not None else None,
+            depth=2 if launch is not None else 1,
             max_batch_tokens=self.spec.max_batch_tokens or default_batch_tokens(model.device),
             max_batch_size=self.spec.batch_size or default_batch_size(model.device),
             padded=getattr(model, "padded", True),

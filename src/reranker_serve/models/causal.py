@@ -27,7 +27,7 @@ import torch
 from ..config import ModelSpec
 from ..device import Placement, sdpa_backends
 from ..families import Family
-from .base import EncodeOptions, Pair, pad, sigmoid
+from .base import EncodeOptions, Pair, Pending, pad, sigmoid
 from .prefix import last_hidden, mark_shared
 from .encoder import pad_id_of, window_limit
 from .templates import FLAG_LLM_PROMPT, PromptTemplate, encode_pairs, flag_llm_template, qwen3_template, rust_tokenizer
@@ -90,7 +90,7 @@ class CausalLMReranker(PromptedLM):
         return mark_shared(pairs) if self.share_prefix else pairs
 
     @torch.inference_mode()
-    def forward(self, batch: Sequence[Pair]) -> list[float]:
+    def launch(self, batch: Sequence[Pair]) -> Pending:
         with sdpa_backends(self.device):
             if self.share_prefix and any(p.shared for p in batch) and min(len(p) for p in batch) > 1:
                 hidden = last_hidden(self._decoder, batch, pad_id=self._pad_id, device=self.device)
@@ -102,7 +102,10 @@ class CausalLMReranker(PromptedLM):
         raw = logits[:, self._true]
         if self._false is not None:
             raw = raw - logits[:, self._false]
-        return raw.cpu().tolist()
+        return Pending(raw)
+
+    def forward(self, batch: Sequence[Pair]) -> list[float]:
+        return self.launch(batch).result()
 
 
 def load_hf(spec: ModelSpec, placement: Placement, *, auto_class: str = "AutoModelForCausalLM") -> tuple[Any, Any]:

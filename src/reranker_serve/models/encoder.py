@@ -22,7 +22,7 @@ from ..device import Placement
 from ..errors import ModelLoadError
 from ..families import Family
 from .attention import Kernel, reference_kernel, torch_varlen_available, torch_varlen_kernel
-from .base import EncodeOptions, Pair, sigmoid
+from .base import EncodeOptions, Pair, Pending, sigmoid
 from .runners import POSITION_OFFSET_MODELS, Feed, PaddedRunner, Runner, UnpaddedRunner, unpadded_head
 from .templates import PairTemplate, PromptTemplate, encode_pairs, qwen3_template, rust_tokenizer
 
@@ -104,15 +104,17 @@ class SequenceClassificationReranker:
     def encode(self, query: str, documents: Sequence[str], options: EncodeOptions) -> list[Pair]:
         return encode_pairs(self.template, query, documents, options)
 
-    def raw_scores(self, logits: torch.Tensor) -> list[float]:
+    def raw_scores(self, logits: torch.Tensor) -> torch.Tensor:
         """One raw score per pair from the classifier's logits (two labels: their difference)."""
         logits = logits.float()
-        raw = logits[:, 0] if self.num_labels == 1 else logits[:, 1] - logits[:, 0]
-        return raw.cpu().tolist()
+        return logits[:, 0] if self.num_labels == 1 else logits[:, 1] - logits[:, 0]
 
     @torch.inference_mode()
+    def launch(self, batch: Sequence[Pair]) -> Pending:
+        return Pending(self.raw_scores(self.runner.logits(batch)))
+
     def forward(self, batch: Sequence[Pair]) -> list[float]:
-        return self.raw_scores(self.runner.logits(batch))
+        return self.launch(batch).result()
 
     def activate(self, raw: float) -> float:
         # One label: sigmoid(logit). Two labels: softmax(...)[1] == sigmoid(l1 - l0).

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .base import Pair
+from .base import Pair, padded_layout, scatter_rows, to_device
 
 __all__ = ["last_hidden", "mark_shared"]
 
@@ -36,13 +36,8 @@ def mark_shared(pairs: list[Pair]) -> list[Pair]:
 
 
 def _right_padded(rows: Sequence[Sequence[int]], pad_id: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, : len(row)] = 1
-    return ids.to(device), mask.to(device)
+    layout = padded_layout([len(r) for r in rows], side="right")
+    return to_device(scatter_rows(rows, layout, pad_id), device), to_device(layout.long(), device)
 
 
 def _new_cache(config: Any) -> Any:

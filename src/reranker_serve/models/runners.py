@@ -24,7 +24,7 @@ import torch
 
 from ..device import sdpa_backends
 from .attention import UNPADDED, Kernel
-from .base import Pair, pad
+from .base import Pair, pad, padded_layout, scatter_rows, to_device
 
 __all__ = ["Feed", "Packed", "PaddedRunner", "Runner", "UnpaddedRunner", "pack", "padded_inputs", "unpadded_head"]
 
@@ -46,9 +46,9 @@ def padded_inputs(batch: Sequence[Pair], feed: Feed, *, device: str) -> dict[str
     """The padded model inputs of a batch (token types too, for models that have them)."""
     inputs = pad(batch, feed.pad_id, side="right", device=device)
     if feed.with_types:
-        width = inputs["input_ids"].shape[1]
-        types = [(p.type_ids or []) + [0] * (width - len(p)) for p in batch]
-        inputs["token_type_ids"] = torch.tensor(types, dtype=torch.long, device=device)
+        layout = padded_layout([len(p) for p in batch], side="right")
+        types = scatter_rows((p.type_ids or [0] * len(p) for p in batch), layout, 0)
+        inputs["token_type_ids"] = to_device(types, device)
     return inputs
 
 
@@ -65,13 +65,6 @@ class Packed:
     @property
     def starts(self) -> torch.Tensor:
         return self.cu_seqlens[:-1].long()
-
-
-def _to(tensor: torch.Tensor, device: str) -> torch.Tensor:
-    # On CUDA: page-locked host memory, so the copy is a DMA that does not wait for the GPU to be idle.
-    if device.startswith("cuda"):
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor if device == "cpu" else tensor.to(device)
 
 
 def pack(batch: Sequence[Pair], feed: Feed, *, device: str) -> Packed:
@@ -95,8 +88,8 @@ def pack(batch: Sequence[Pair], feed: Feed, *, device: str) -> Packed:
         types = torch.tensor(list(itertools.chain.from_iterable(p.type_ids or [0] * len(p) for p in batch)),
                              dtype=torch.long)[None]
     return Packed(
-        input_ids=_to(ids[None], device), position_ids=_to(positions[None], device),
-        token_type_ids=None if types is None else _to(types, device), cu_seqlens=_to(cu, device),
+        input_ids=to_device(ids[None], device), position_ids=to_device(positions[None], device),
+        token_type_ids=None if types is None else to_device(types, device), cu_seqlens=to_device(cu, device),
         max_len=int(lengths.max()),
     )
 
