@@ -378,7 +378,7 @@ def bare_forward(engine, requests: list[tuple[str, list[str]]]) -> float:
     while i < len(pairs):
         width, n, tokens = len(pairs[i]), 0, 0
         while i + n < len(pairs) and n < batcher.max_batch_size:
-            cost = (n + 1) * width if batcher.padded else tokens + len(pairs[i + n])
+            cost = (n + 1) * width if getattr(batcher, "padded", True) else tokens + len(pairs[i + n])
             if n and cost > batcher.max_batch_tokens:
                 break
             tokens += len(pairs[i + n])

@@ -100,3 +100,46 @@ def test_a_server_with_shared_prefixes_answers_like_one_without(llms):
         assert [r["relevance_score"] for r in a] == pytest.approx([r["relevance_score"] for r in b], abs=1e-5)
     finally:
         srv.stop()
+
+
+# -- unpadded: prefixes and suffixes packed, causal variable-length attention --------------------------
+@pytest.mark.parametrize("family", ["qwen3", "gemma"])
+def test_packed_causal_path_scores_equal_each_pair_alone(llms, family):
+    # RERANKER_ATTENTION=unpadded on the CPU runs the packing with the reference kernel (the
+    # varlen flash kernel is CUDA-only): the same code path the GPU runs, another kernel.
+    model = load(llms[family], attention="unpadded")
+    assert (model.attention, model.padded) == ("unpadded", False)
+    assert "self-check passed" in model.attention_note
+    options = EncodeOptions(max_length=256)
+    batch = (model.encode(QUERY, DOCS + [LONG], options) + model.encode("Which city is in Germany?", DOCS[:3], options)
+             + model.encode("capital", [LONG], EncodeOptions(max_length=200, max_chunks=3, chunk_overlap=8)))
+    got = model.forward(batch)
+    assert got == pytest.approx(alone(model, batch), abs=1e-5)
+    unshared = load(llms[family], attention="unpadded", share_prefix=False)  # every pair its own prefix
+    assert unshared.forward(batch) == pytest.approx(got, abs=1e-5)
+
+
+def test_a_causal_kernel_that_cannot_run_leaves_the_model_padded(llms, monkeypatch):
+    from reranker_serve.models import causal
+    from reranker_serve.models.attention import torch_varlen_kernel
+
+    # As if on a GPU: the plan picks torch's varlen kernel, which cannot run on this CPU.
+    monkeypatch.setattr(causal, "plan_attention", lambda *a, **k: (torch_varlen_kernel, "auto on CUDA"))
+    model = load(llms["qwen3"])
+    assert model.attention == "padded" and "self-check failed" in model.attention_note
+    pairs = model.encode(QUERY, DOCS, EncodeOptions(max_length=256))
+    assert model.forward(pairs) == pytest.approx(alone(model, pairs), abs=1e-5)
+
+
+def test_info_shows_the_llm_attention_path(llms):
+    folder = llms["gemma"]
+    srv = RunningServer(create_app(settings_for(folder, max_length=256, attention="unpadded")))
+    try:
+        assert srv.client.get("/info").json()["models"][0]["attention"] == "unpadded"
+        r = srv.client.post("/rerank", json={"query": QUERY, "documents": DOCS, "raw_scores": True})
+        by_index = {x["index"]: x["relevance_score"] for x in r.json()["results"]}
+        model = load(folder, attention="padded")
+        expected = alone(model, model.encode(QUERY, DOCS, EncodeOptions(max_length=256)))
+        assert [by_index[i] for i in range(len(DOCS))] == pytest.approx(expected, abs=1e-5)
+    finally:
+        srv.stop()

@@ -24,7 +24,8 @@ from reranker_serve.errors import ModelLoadError
 from reranker_serve.models import EncodeOptions, load_model
 from reranker_serve.models.attention import reference_kernel, torch_varlen_kernel
 from reranker_serve.models.base import Pair
-from reranker_serve.models.encoder import apply_attention, plan_attention
+from reranker_serve.models.choice import plan_attention
+from reranker_serve.models.encoder import apply_attention
 from reranker_serve.models.runners import Feed, PaddedRunner, UnpaddedRunner, pack, padded_inputs
 
 LONG = "Paris is the capital and most populous city of France, on the Seine. " * 12
@@ -180,7 +181,7 @@ def test_a_kernel_that_disagrees_falls_back_to_padded(tiny_model):
     drifting.name = "drifting"
     reranker, model, feed = _fresh(tiny_model)
     apply_attention(reranker, model, feed, kernel=drifting, required=False)
-    assert reranker.attention == "padded" and "differ from the padded path's" in reranker.attention_note
+    assert reranker.attention == "padded" and "differ from the padded path" in reranker.attention_note
     apply_attention(reranker, model, feed, kernel=reference_kernel, required=False)
     assert reranker.attention == "unpadded"
 

@@ -29,7 +29,7 @@ ModelType = Literal[("auto", *FAMILY_NAMES)]  # type: ignore[valid-type]  # the 
 # What runs the forward pass; "auto": OpenVINO for cross-encoders on the CPU where it is installed.
 Backend = Literal["auto", "torch", "openvino"]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
-# How a cross-encoder's batch is laid out for attention; "auto": unpadded on CUDA if it passes its self-check.
+# How a batch is laid out for attention; "auto": unpadded on CUDA if it passes its start-up self-check.
 Attention = Literal["auto", "padded", "unpadded"]
 _DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
 
@@ -263,8 +263,8 @@ class Settings(BaseSettings):
 
     # --- GPU engine -------------------------------------------------------------------------
     attention: Attention = Field(
-        "auto", description="Cross-encoder batches padded, or unpadded (packed, varlen kernels); auto: unpadded on "
-        "CUDA where its start-up self-check agrees with padded, padded elsewhere.",
+        "auto", description="Batches padded, or unpadded (packed tokens, variable-length attention: cross-encoders, "
+        "Qwen3/Gemma LLM rerankers); auto: unpadded on CUDA where its start-up self-check agrees with padded.",
     )
     share_prefix: bool = Field(
         True, description="LLM rerankers: compute a request's prompt prefix (instruction, query) once for all documents."

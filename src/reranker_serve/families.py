@@ -35,7 +35,7 @@ class Family:
     loader: str
     # Forward passes that can run it besides torch's padded one.
     openvino: bool = False  # OpenVINO on the CPU
-    unpadded: bool = False  # packed tokens with per-pair variable-length attention
+    unpadded: bool = False  # packed tokens with per-pair variable-length attention (RERANKER_ATTENTION)
     shares_prefix: bool = False  # a request's prompt prefix computed once, its keys/values reused
     compresses: bool = False  # token compression of the passage (needs right padding)
     # Whether it is this family, from config.json's architectures and model_type.
@@ -72,10 +72,10 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            decoder=False, openvino=True, unpadded=True, loader=f"{_MODELS}.encoder:load_sequence_classifier",
            detect=lambda archs, mt: _classifier(archs)),
     Family(name="qwen3", description="Qwen3-Reranker (causal LM, yes/no)", decoder=True, shares_prefix=True,
-           loader=f"{_MODELS}.causal:load_causal_lm",
+           unpadded=True, loader=f"{_MODELS}.causal:load_causal_lm",
            detect=lambda archs, mt: _causal(archs) and mt.startswith("qwen3")),
     Family(name="llm", description="bge-reranker-v2-gemma (causal LM, FlagEmbedding's 'Yes' prompt)", decoder=True,
-           shares_prefix=True, loader=f"{_MODELS}.causal:load_causal_lm",
+           shares_prefix=True, unpadded=True, loader=f"{_MODELS}.causal:load_causal_lm",
            detect=lambda archs, mt: _causal(archs) and mt == "gemma"),
 )}
 FAMILY_NAMES: tuple[str, ...] = tuple(FAMILIES)

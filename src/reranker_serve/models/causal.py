@@ -14,7 +14,9 @@ layer of a small LLM, and only one of its rows per pair is needed.
 
 Every pair of a request begins with the same system prompt, instruction and query: with
 RERANKER_SHARE_PREFIX (default on) that prefix is computed once per batch and its keys and
-values reused for each document's suffix (prefix.py).
+values reused for each document's suffix (prefix.py). On CUDA (RERANKER_ATTENTION=auto) both
+passes run unpadded, prefixes and suffixes packed, with causal variable-length attention, once
+a start-up self-check agrees with the padded path (choice.py).
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from ..config import ModelSpec
 from ..device import Placement, sdpa_backends
 from ..families import Family
 from .base import EncodeOptions, Pair, Pending, pad, sigmoid
-from .prefix import last_hidden, mark_shared
+from .attention import Kernel, torch_varlen_available
+from .choice import CHECK_DOCUMENTS, compare, plan_attention, settle
+from .prefix import last_hidden, mark_shared, packed_last_hidden
 from .encoder import pad_id_of, window_limit
 from .templates import FLAG_LLM_PROMPT, PromptTemplate, encode_pairs, flag_llm_template, qwen3_template, rust_tokenizer
 
@@ -81,9 +85,22 @@ class CausalLMReranker(PromptedLM):
         self._last_only = "logits_to_keep" in inspect.signature(self._model.forward).parameters
         # The shared prefix needs the base model and the head apart, and no logit softcapping.
         decoder = getattr(self._model, "model", None)
-        self.share_prefix = bool(share_prefix and decoder is not None and self._model.get_output_embeddings() is not None
-                                 and getattr(model.config, "final_logit_softcapping", None) is None)
+        separable = (decoder is not None and self._model.get_output_embeddings() is not None
+                     and getattr(model.config, "final_logit_softcapping", None) is None)
+        self.share_prefix = bool(share_prefix and separable)
         self._decoder = decoder
+        # Unpadded (packed, causal varlen) when a kernel is set: see choose_causal_attention.
+        self.kernel: Kernel | None = None
+        self.attention_note = ""
+        self.unpadded_support = None if separable else f"no unpadded path for {type(model).__name__}"
+
+    @property
+    def attention(self) -> str:
+        return "padded" if self.kernel is None else "unpadded"
+
+    @property
+    def padded(self) -> bool:
+        return self.kernel is None
 
     def encode(self, query: str, documents: Sequence[str], options: EncodeOptions) -> list[Pair]:
         pairs = super().encode(query, documents, options)
@@ -92,7 +109,10 @@ class CausalLMReranker(PromptedLM):
     @torch.inference_mode()
     def launch(self, batch: Sequence[Pair]) -> Pending:
         with sdpa_backends(self.device):
-            if self.share_prefix and any(p.shared for p in batch) and min(len(p) for p in batch) > 1:
+            if self.kernel is not None and min(len(p) for p in batch) > 1:
+                hidden = packed_last_hidden(self._decoder, batch, kernel=self.kernel, device=self.device)
+                logits = self._model.get_output_embeddings()(hidden).float()
+            elif self.share_prefix and any(p.shared for p in batch) and min(len(p) for p in batch) > 1:
                 hidden = last_hidden(self._decoder, batch, pad_id=self._pad_id, device=self.device)
                 logits = self._model.get_output_embeddings()(hidden).float()
             else:
@@ -106,6 +126,32 @@ class CausalLMReranker(PromptedLM):
 
     def forward(self, batch: Sequence[Pair]) -> list[float]:
         return self.launch(batch).result()
+
+
+def choose_causal_attention(reranker: CausalLMReranker, *, setting: str) -> None:
+    """RERANKER_ATTENTION for a decoder reranker: packed causal varlen where the plan allows and
+    a warm-up batch (two requests, shared prefixes) scores as the padded path does."""
+    model = reranker._model
+    kernel, why = plan_attention(setting, device=reranker.device, dtype=model.dtype,
+                                 supported=reranker.unpadded_support, varlen_available=torch_varlen_available())
+    if kernel is None:
+        reranker.attention_note = why
+        return
+    options = EncodeOptions(max_length=reranker.max_length)
+    pairs = (reranker.encode("which path scores pairs exactly", CHECK_DOCUMENTS, options)
+             + reranker.encode("and in order", CHECK_DOCUMENTS[:2], options))
+
+    def scores(candidate: Kernel | None) -> torch.Tensor:
+        reranker.kernel = candidate
+        try:
+            return torch.tensor(reranker.forward(pairs))
+        finally:
+            reranker.kernel = None
+
+    failure = compare(lambda: scores(None), lambda: scores(kernel), dtype=model.dtype, device=reranker.device)
+    reranker.attention_note = settle(reranker.name, kernel, failure, required=setting == "unpadded")
+    if failure is None:
+        reranker.kernel = kernel
 
 
 def load_hf(spec: ModelSpec, placement: Placement, *, auto_class: str = "AutoModelForCausalLM") -> tuple[Any, Any]:
@@ -137,9 +183,12 @@ def load_causal_lm(spec: ModelSpec, *, family: Family, placement: Placement, bac
     else:
         template = flag_llm_template(tokenizer, bos=flag_bos(hf_tokenizer), prompt=spec.instruction or FLAG_LLM_PROMPT)
         true_id, false_id = _token_id(hf_tokenizer, "Yes", how="text"), None
-    return CausalLMReranker(model, hf_tokenizer, name=spec.name, family=family.name, max_length=spec.max_length,
-                            template=template, true_id=true_id, false_id=false_id,
-                            share_prefix=family.shares_prefix and spec.share_prefix)
+    reranker = CausalLMReranker(model, hf_tokenizer, name=spec.name, family=family.name, max_length=spec.max_length,
+                                template=template, true_id=true_id, false_id=false_id,
+                                share_prefix=family.shares_prefix and spec.share_prefix)
+    if family.unpadded:
+        choose_causal_attention(reranker, setting=spec.attention)
+    return reranker
 
 
 def flag_bos(hf_tokenizer: Any) -> int | None:

@@ -21,19 +21,15 @@ from ..config import ModelSpec
 from ..device import Placement
 from ..errors import ModelLoadError
 from ..families import Family
-from .attention import Kernel, reference_kernel, torch_varlen_available, torch_varlen_kernel
+from .attention import Kernel, torch_varlen_available
+from .choice import CHECK_DOCUMENTS, compare, plan_attention, settle
 from .base import EncodeOptions, Pair, Pending, sigmoid
 from .runners import POSITION_OFFSET_MODELS, Feed, PaddedRunner, Runner, UnpaddedRunner, unpadded_head
 from .templates import PairTemplate, PromptTemplate, encode_pairs, qwen3_template, rust_tokenizer
 
 __all__ = [
-    "SequenceClassificationReranker", "apply_attention", "choose_attention", "load_sequence_classifier", "plan_attention",
-    "self_check", "window_limit",
+    "SequenceClassificationReranker", "apply_attention", "choose_attention", "load_sequence_classifier", "window_limit",
 ]
-
-# How far the unpadded logits may stray from the padded ones at start-up (atol = rtol): the two
-# paths sum in different orders, which in half precision moves a logit by a few ulps per layer.
-SELF_CHECK_TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 8e-2}
 
 
 def window_limit(config: Any, hf_tokenizer: Any, requested: int) -> int:
@@ -120,74 +116,19 @@ class SequenceClassificationReranker:
         # One label: sigmoid(logit). Two labels: softmax(...)[1] == sigmoid(l1 - l0).
         return sigmoid(raw)
 
-    def check_pairs(self) -> list[Pair]:
-        """Pairs of several lengths (short to the window) to score both ways at start-up."""
-        words = "the engine checks its fast path against the padded one before it serves".split()
-        docs = [" ".join(words * n)[: 40 * n] for n in (1, 3, 9, 27, 81)]
-        options = EncodeOptions(max_length=self.max_length)
-        return self.encode("which path scores pairs exactly", docs, options)
-
-
-def self_check(reranker: SequenceClassificationReranker, candidate: Runner) -> str | None:
-    """Score a warm-up batch padded and with ``candidate``; None if they agree, else why not."""
-    pairs = reranker.check_pairs()
-    reference = PaddedRunner(getattr(candidate, "model"), getattr(candidate, "feed"))
-    try:
-        with torch.inference_mode():
-            expected = reference.logits(pairs).float()
-            got = candidate.logits(pairs).float()
-            if candidate.device.startswith("cuda"):
-                torch.cuda.synchronize()
-    except Exception as exc:  # a kernel that cannot run here (dtype, head size, GPU generation)
-        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'}"
-    tolerance = SELF_CHECK_TOLERANCE.get(candidate.dtype, 1e-1)
-    if got.shape != expected.shape or not torch.allclose(got, expected, atol=tolerance, rtol=tolerance):
-        drift = (got - expected).abs().max().item() if got.shape == expected.shape else float("nan")
-        return f"its logits differ from the padded path's by up to {drift:.3g} (tolerance {tolerance:g})"
-    return None
-
-
-def plan_attention(setting: str, *, device: str, dtype: torch.dtype, supported: str | None,
-                   varlen_available: bool) -> tuple[Kernel | None, str]:
-    """The unpadded kernel to try for a torch reranker (None: serve padded), and why.
-
-    auto: unpadded on CUDA in fp16/bf16 where torch has variable-length kernels (the start-up
-    self-check then has the last word); padded everywhere else: on the CPU the padded path with
-    length-sorted batches is what measures best. unpadded: required, on the reference kernel
-    where there is no varlen kernel. ``supported``: why the model has no unpadded path, if not.
-    """
-    if setting == "padded":
-        return None, "RERANKER_ATTENTION=padded"
-    fast = device.startswith("cuda") and varlen_available and dtype in (torch.float16, torch.bfloat16)
-    if setting == "unpadded":
-        if supported is not None:
-            raise ModelLoadError(f"RERANKER_ATTENTION=unpadded: {supported}")
-        return (torch_varlen_kernel if fast else reference_kernel), "RERANKER_ATTENTION=unpadded"
-    if not device.startswith("cuda"):
-        return None, f"padded on {device} (unpadded needs CUDA varlen kernels)"
-    if supported is not None:
-        return None, f"padded: {supported}"
-    if not varlen_available:
-        return None, "padded: this torch has no torch.nn.attention.varlen (PyTorch >= 2.10)"
-    if not fast:
-        return None, f"padded: the varlen (flash) kernels need fp16 or bf16, not {str(dtype).removeprefix('torch.')}"
-    return torch_varlen_kernel, "auto on CUDA"
-
 
 def apply_attention(reranker: SequenceClassificationReranker, model: Any, feed: Feed, *, kernel: Kernel,
                     required: bool) -> None:
     """Serve unpadded with ``kernel`` if it passes the self-check; else padded (or, if required, fail)."""
     candidate = UnpaddedRunner(model, feed, kernel=kernel)
-    failure = self_check(reranker, candidate)
+    padded = PaddedRunner(model, feed)
+    pairs = reranker.encode("which path scores pairs exactly", CHECK_DOCUMENTS,
+                            EncodeOptions(max_length=reranker.max_length))
+    failure = compare(lambda: padded.logits(pairs), lambda: candidate.logits(pairs), dtype=model.dtype,
+                      device=candidate.device)
+    reranker.attention_note = settle(reranker.name, kernel, failure, required=required)
     if failure is None:
         reranker.runner = candidate
-        reranker.attention_note = f"unpadded ({kernel.name} kernel), start-up self-check passed"
-        logger.info("{}: unpadded attention ({} kernel); start-up self-check passed", reranker.name, kernel.name)
-        return
-    if required:
-        raise ModelLoadError(f"RERANKER_ATTENTION=unpadded: the start-up self-check failed: {failure}")
-    reranker.attention_note = f"padded: the unpadded self-check failed ({failure})"
-    logger.warning("{}: unpadded attention failed its start-up self-check ({}); serving padded", reranker.name, failure)
 
 
 def choose_attention(reranker: SequenceClassificationReranker, model: Any, feed: Feed, *, setting: str) -> None:

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
+from itertools import chain
 from typing import Any, Sequence
 
 import torch
 
+from .attention import UNPADDED, Kernel
 from .base import Pair, padded_layout, scatter_rows, to_device
 
-__all__ = ["last_hidden", "mark_shared"]
+__all__ = ["last_hidden", "mark_shared", "packed_last_hidden"]
 
 
 def mark_shared(pairs: list[Pair]) -> list[Pair]:
@@ -49,19 +51,24 @@ def _new_cache(config: Any) -> Any:
         return DynamicCache()
 
 
+def _groups(batch: Sequence[Pair]) -> tuple[list[tuple[int, ...]], torch.Tensor]:
+    """The distinct prefixes of a batch and each pair's prefix index.
+
+    Pairs whose ``shared`` is 0 form prefixes of their own first token (pairs that happen to
+    begin alike share it), so every pair has a prefix and a non-empty suffix.
+    """
+    groups: dict[tuple[int, ...], int] = {}
+    group_of = [groups.setdefault(tuple(p.ids[: max(p.shared, 1)]), len(groups)) for p in batch]
+    return list(groups), torch.tensor(group_of, dtype=torch.long)
+
+
 def last_hidden(decoder: Any, batch: Sequence[Pair], *, pad_id: int, device: str) -> torch.Tensor:
     """The decoder's final hidden state at each pair's last token, (pairs, hidden), prefixes shared.
 
-    ``decoder`` is the transformers base model (``model.model``); pairs whose ``shared`` is 0
-    form prefixes of their own first token (pairs that happen to begin alike share it).
+    ``decoder`` is the transformers base model (``model.model``); batches are right-padded.
     """
-    groups: dict[tuple[int, ...], int] = {}
-    group_of = []
-    for p in batch:
-        group_of.append(groups.setdefault(tuple(p.ids[: max(p.shared, 1)]), len(groups)))
-    prefixes = list(groups)
+    prefixes, index = _groups(batch)
     lengths = torch.tensor([len(prefix) for prefix in prefixes], dtype=torch.long)
-    index = torch.tensor(group_of, dtype=torch.long)
 
     # Pass 1: each distinct prefix once (right-padded: a padding slot only ever attends to the
     # real tokens before it, and the suffixes' mask hides it).
@@ -80,3 +87,50 @@ def last_hidden(decoder: Any, batch: Sequence[Pair], *, pad_id: int, device: str
     hidden = decoder(ids, full_mask, positions, cache, use_cache=True).last_hidden_state
     last = torch.tensor([len(s) - 1 for s in suffixes], device=device)
     return hidden[torch.arange(len(batch), device=device), last]
+
+
+def _within(lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For segments of ``lengths`` laid end to end: cu_seqlens (int32) and each token's offset in its segment."""
+    cu = torch.zeros(len(lengths) + 1, dtype=torch.long)
+    torch.cumsum(lengths, 0, out=cu[1:])
+    offsets = torch.arange(int(cu[-1])) - torch.repeat_interleave(cu[:-1], lengths)
+    return cu, offsets
+
+
+def packed_last_hidden(decoder: Any, batch: Sequence[Pair], *, kernel: Kernel, device: str) -> torch.Tensor:
+    """``last_hidden`` unpadded: prefixes packed into one sequence (causal varlen attention), then
+    the suffixes packed, each attending to its prefix's cached keys (gathered) and its own.
+
+    The keys a suffix sees are [its prefix | itself]; causal attention with fewer queries than
+    keys aligns bottom-right (flash attention's rule), which is exactly "all of the prefix, then
+    causal within the suffix". No padding anywhere: a batch costs its real tokens.
+    """
+    prefixes, index = _groups(batch)
+    p_len = torch.tensor([len(prefix) for prefix in prefixes], dtype=torch.long)
+    cu_p, p_pos = _within(p_len)
+    cache = _new_cache(decoder.config)
+    with UNPADDED.on(decoder.config):
+        ids = torch.tensor(list(chain.from_iterable(prefixes)), dtype=torch.long)[None]
+        cu = to_device(cu_p.int(), device)
+        decoder(to_device(ids, device), None, to_device(p_pos[None], device), cache, use_cache=True,
+                cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=int(p_len.max()), max_length_k=int(p_len.max()),
+                varlen_kernel=kernel)
+
+        pair_p = p_len[index]  # each pair's prefix length
+        suffixes = [p.ids[int(n):] for p, n in zip(batch, pair_p)]
+        s_len = torch.tensor([len(s) for s in suffixes], dtype=torch.long)
+        cu_s, s_off = _within(s_len)
+        positions = torch.repeat_interleave(pair_p, s_len) + s_off
+        # Keys of pair i: its prefix's slots in the cache, then its own suffix's (appended after
+        # every prefix, at cu_p[-1] + cu_s[i]).
+        k_len = pair_p + s_len
+        cu_k, k_off = _within(k_len)
+        own_p = torch.repeat_interleave(pair_p, k_len)
+        key_index = torch.where(k_off < own_p, torch.repeat_interleave(cu_p[:-1][index], k_len) + k_off,
+                                int(cu_p[-1]) + torch.repeat_interleave(cu_s[:-1], k_len) + k_off - own_p)
+        ids = torch.tensor(list(chain.from_iterable(suffixes)), dtype=torch.long)[None]
+        hidden = decoder(to_device(ids, device), None, to_device(positions[None], device), cache, use_cache=True,
+                         cu_seq_lens_q=to_device(cu_s.int(), device), cu_seq_lens_k=to_device(cu_k.int(), device),
+                         max_length_q=int(s_len.max()), max_length_k=int(k_len.max()), varlen_kernel=kernel,
+                         varlen_key_index=to_device(key_index, device)).last_hidden_state[0]
+    return hidden.index_select(0, to_device(cu_s[1:] - 1, device))
