@@ -18,7 +18,8 @@ machine's measured matmul rate. --json writes everything to a file.
 
 On CUDA it also reports the GPU's name, its fp16/bf16 8192³ matmul peak, the GPU's busy share
 during each run (torch.cuda.utilization, NVML), and useful TFLOP/s against that peak;
---baseline-fp16 runs the naive server in fp16 on the GPU, as use_fp16=True users do.
+--baseline-fp16 runs the naive server in fp16 on the GPU, as use_fp16=True users do. While our
+server is under load, /health is probed every 100 ms (its p99: is the event loop responsive?).
 --in-process adds the server's ceiling: the model's own encode and forward over the same pairs
 in best-case batches under the engine's budget ("in-process"), and the engine (batcher
 included) driven by the same concurrent callers without HTTP ("engine").
@@ -130,6 +131,19 @@ def pair_lengths(model: Path, requests: list[tuple[str, list[str]]], max_length:
     return out
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads (Linux /proc; 0 elsewhere).
+
+    CPU seconds per pair is what a shared machine can compare fairly: wall-clock pairs/s moves
+    with whatever else runs on the cores, the CPU a pair costs much less.
+    """
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _cuda_available() -> bool:
     try:
         import torch
@@ -194,7 +208,8 @@ def start_infinity(args: argparse.Namespace, port: int) -> subprocess.Popen:
 
 
 # -- load -------------------------------------------------------------------------------------------
-async def run_load(url: str, dialect: str, requests: list, concurrency: int, headers: dict) -> dict:
+async def run_load(url: str, dialect: str, requests: list, concurrency: int, headers: dict, *,
+                   probe_health: bool = False) -> dict:
     queue = list(enumerate(requests))
     latencies, statuses, tokens, pairs, succeeded = [], Counter(), 0, 0, []
 
@@ -219,9 +234,26 @@ async def run_load(url: str, dialect: str, requests: list, concurrency: int, hea
         warm = BODIES[dialect](*requests[0])
         await client.post(warm[0], json=warm[1], headers=headers)
         started = time.perf_counter()
+        done = asyncio.Event()
+        health: list[float] = []
+
+        async def probe() -> None:
+            # The event loop's responsiveness under full load: /health every 100 ms on its own connection.
+            async with httpx.AsyncClient(base_url=url, timeout=60) as own:
+                while not done.is_set():
+                    t = time.perf_counter()
+                    if (await own.get("/health")).status_code == 200:
+                        health.append(time.perf_counter() - t)
+                    await asyncio.sleep(0.1)
+
+        prober = asyncio.ensure_future(probe()) if probe_health else None
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
+        done.set()
+        if prober is not None:
+            await prober
     lat = sorted(latencies)
+    health.sort()
     return {
         "seconds": elapsed,
         "requests": len(requests),
@@ -232,6 +264,7 @@ async def run_load(url: str, dialect: str, requests: list, concurrency: int, hea
         "statuses": {str(k): v for k, v in statuses.items()},
         "server_tokens": tokens,
         "succeeded": sorted(succeeded),
+        **({"health_p99_ms": 1000 * health[min(len(health) - 1, int(0.99 * len(health)))]} if health else {}),
     }
 
 
@@ -254,6 +287,10 @@ def report(name: str, result: dict, request_flops: list[float] | None, peak: flo
     result["matmul_gflops"] = peak
     line = (f"{name:>10}: {result['pairs_per_s']:7.2f} pairs/s  p50 {result['p50_ms'] or 0:8.1f} ms  "
             f"p99 {result['p99_ms'] or 0:8.1f} ms  statuses {result['statuses']}")
+    if "cpu_ms_per_pair" in result:
+        line += f"  CPU {result['cpu_ms_per_pair']:.2f} ms/pair"
+    if "health_p99_ms" in result:
+        line += f"  /health p99 {result['health_p99_ms']:.1f} ms"
     if "gpu_busy_share" in result:
         line += f"  GPU busy {100 * result['gpu_busy_share']:.0f}%"
     if "real_token_share" in result:
@@ -346,10 +383,12 @@ def in_process(args: argparse.Namespace, requests: list[tuple[str, list[str]]]) 
 
         await engine.score(*requests[0], options)  # as run_load: one warm-up request
         gpu.start()
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+        cpu_seconds[0] = time.process_time() - cpu
         return time.perf_counter() - started, sorted(latencies)
 
+    cpu_seconds = [0.0]
     try:
         elapsed, lat = asyncio.run(run())
     finally:
@@ -359,10 +398,14 @@ def in_process(args: argparse.Namespace, requests: list[tuple[str, list[str]]]) 
     common = {"requests": len(requests), "pairs": pairs, "statuses": {"200": len(requests)},
               "succeeded": list(range(len(requests))), "dtype": engine.model.dtype_name,
               "device": engine.model.device, "attention": getattr(engine.model, "attention", "padded")}
+    cpu = time.process_time()
     bare = bare_forward(engine, requests)
+    bare_cpu = time.process_time() - cpu
     return {"engine": {"seconds": elapsed, "pairs_per_s": pairs / elapsed, "p50_ms": 1000 * statistics.median(lat),
-                       "p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))], **common, **busy},
-            "bare": {"seconds": bare, "pairs_per_s": pairs / bare, "p50_ms": None, "p99_ms": None, **common}}
+                       "p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))],
+                       "cpu_ms_per_pair": 1000 * cpu_seconds[0] / pairs, **common, **busy},
+            "bare": {"seconds": bare, "pairs_per_s": pairs / bare, "p50_ms": None, "p99_ms": None,
+                     "cpu_ms_per_pair": 1000 * bare_cpu / pairs, **common}}
 
 
 def bare_forward(engine, requests: list[tuple[str, list[str]]]) -> float:
@@ -525,7 +568,11 @@ def main() -> int:
             dialect = args.dialect if name in ("ours", "server") else "native"
             gpu = _gpu_monitor("cuda" if cuda else "cpu")
             gpu.start()
-            result = asyncio.run(run_load(url, dialect, requests, args.concurrency, headers))
+            cpu_before = process_cpu_seconds(proc.pid) if proc is not None else 0.0
+            result = asyncio.run(run_load(url, dialect, requests, args.concurrency, headers,
+                                          probe_health=name in ("ours", "server")))
+            if proc is not None and result["pairs"]:
+                result["cpu_ms_per_pair"] = 1000 * (process_cpu_seconds(proc.pid) - cpu_before) / result["pairs"]
             result.update(gpu.stop())
             result["dtype"] = dtype
             if name in ("ours", "server"):
@@ -547,7 +594,12 @@ def main() -> int:
         if "in-process" in out and "ours" in out:
             share = out["ours"]["pairs_per_s"] / out["in-process"]["pairs_per_s"]
             out["server_of_in_process"] = share
-            print(f"server / in-process: {100 * share:.0f}%")
+            line = f"server / in-process: {100 * share:.0f}% (wall clock)"
+            if out["ours"].get("cpu_ms_per_pair"):
+                cpu_share = out["in-process"]["cpu_ms_per_pair"] / out["ours"]["cpu_ms_per_pair"]
+                out["server_of_in_process_cpu"] = cpu_share
+                line += f", {100 * cpu_share:.0f}% (CPU per pair: the rate it reaches when CPU-bound)"
+            print(line)
         for other in ("baseline", "infinity"):
             if "ours" in out and other in out:
                 ratio = out["ours"]["pairs_per_s"] / out[other]["pairs_per_s"]

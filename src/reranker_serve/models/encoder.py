@@ -19,7 +19,6 @@ from loguru import logger
 
 from ..config import ModelSpec
 from ..device import Placement
-from ..errors import ModelLoadError
 from ..families import Family
 from .attention import Kernel, torch_varlen_available
 from .choice import CHECK_DOCUMENTS, compare, plan_attention, settle
@@ -76,26 +75,16 @@ class SequenceClassificationReranker:
         self.max_length = window_limit(config, hf_tokenizer, max_length)
         self.attention_note = ""  # why this attention path (start-up self-check, setting, device)
 
-    # What runs it, as /info shows it: the runner's.
     @property
-    def backend(self) -> str:
-        return self.runner.backend
+    def runner(self) -> Runner:
+        return self._runner
 
-    @property
-    def attention(self) -> str:
-        return self.runner.attention
-
-    @property
-    def padded(self) -> bool:
-        return self.runner.padded
-
-    @property
-    def device(self) -> str:
-        return self.runner.device
-
-    @property
-    def dtype_name(self) -> str:
-        return self.runner.dtype_name
+    @runner.setter
+    def runner(self, runner: Runner) -> None:
+        # What runs it, as /info and the batcher see it: the runner's, copied when it changes.
+        self._runner = runner
+        self.backend, self.attention, self.padded = runner.backend, runner.attention, runner.padded
+        self.device, self.dtype_name = runner.device, runner.dtype_name
 
     def encode(self, query: str, documents: Sequence[str], options: EncodeOptions) -> list[Pair]:
         return encode_pairs(self.template, query, documents, options)
