@@ -7,12 +7,22 @@
     python scripts/benchmark.py --url http://127.0.0.1:8000 --dialect cohere-v2
     # server overhead over the bare forward pass, one request of 10 short documents
     python scripts/benchmark.py --model /tmp/models/xlmr-mini --overhead
+    # the feeding ceiling: the server against the same requests in this process (no HTTP)
+    python scripts/benchmark.py --model /tmp/m/xlmr-mini --in-process --concurrency 32 --requests 96
 
 Requests are built from real text (Vaswani by default: ../shared/data/vaswani, or --text FILE
 with one document per line): documents of --min-words..--max-words words (consecutive abstracts
 joined), --docs per request, a random query each. Reports pairs/s, p50/p99 latency, status
 counts, and useful GFLOP/s (2·params·tokens + attention, padding excluded) against this
 machine's measured matmul rate. --json writes everything to a file.
+
+On CUDA it also reports the GPU's name, its fp16/bf16 8192³ matmul peak, the GPU's busy share
+during each run (torch.cuda.utilization, NVML), and useful TFLOP/s against that peak;
+--baseline-fp16 runs the naive server in fp16 on the GPU, as use_fp16=True users do. While our
+server is under load, /health is probed every 100 ms (its p99: is the event loop responsive?).
+--in-process adds the server's ceiling: the model's own encode and forward over the same pairs
+in best-case batches under the engine's budget ("in-process"), and the engine (batcher
+included) driven by the same concurrent callers without HTTP ("engine").
 """
 
 from __future__ import annotations
@@ -121,6 +131,34 @@ def pair_lengths(model: Path, requests: list[tuple[str, list[str]]], max_length:
     return out
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads (Linux /proc; 0 elsewhere).
+
+    CPU seconds per pair is what a shared machine can compare fairly: wall-clock pairs/s moves
+    with whatever else runs on the cores, the CPU a pair costs much less.
+    """
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def _gpu_name() -> str:
+    import torch
+
+    props = torch.cuda.get_device_properties(0)
+    return f"{props.name}, {props.total_memory / 2**30:.0f} GiB, torch {torch.__version__}"
+
+
 # -- servers ----------------------------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as s:
@@ -156,7 +194,7 @@ def start_ours(args: argparse.Namespace, port: int) -> subprocess.Popen:
 
 def start_baseline(args: argparse.Namespace, port: int) -> subprocess.Popen:
     cmd = [sys.executable, str(ROOT / "scripts" / "naive_server.py"), "--model", str(args.model), "--port", str(port),
-           "--max-length", str(args.max_length)]
+           "--max-length", str(args.max_length)] + (["--fp16"] if args.baseline_fp16 else [])
     return start(cmd, dict(os.environ), f"http://127.0.0.1:{port}", args.logdir / "baseline.log")
 
 
@@ -170,7 +208,8 @@ def start_infinity(args: argparse.Namespace, port: int) -> subprocess.Popen:
 
 
 # -- load -------------------------------------------------------------------------------------------
-async def run_load(url: str, dialect: str, requests: list, concurrency: int, headers: dict) -> dict:
+async def run_load(url: str, dialect: str, requests: list, concurrency: int, headers: dict, *,
+                   probe_health: bool = False) -> dict:
     queue = list(enumerate(requests))
     latencies, statuses, tokens, pairs, succeeded = [], Counter(), 0, 0, []
 
@@ -195,9 +234,26 @@ async def run_load(url: str, dialect: str, requests: list, concurrency: int, hea
         warm = BODIES[dialect](*requests[0])
         await client.post(warm[0], json=warm[1], headers=headers)
         started = time.perf_counter()
+        done = asyncio.Event()
+        health: list[float] = []
+
+        async def probe() -> None:
+            # The event loop's responsiveness under full load: /health every 100 ms on its own connection.
+            async with httpx.AsyncClient(base_url=url, timeout=60) as own:
+                while not done.is_set():
+                    t = time.perf_counter()
+                    if (await own.get("/health")).status_code == 200:
+                        health.append(time.perf_counter() - t)
+                    await asyncio.sleep(0.1)
+
+        prober = asyncio.ensure_future(probe()) if probe_health else None
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
+        done.set()
+        if prober is not None:
+            await prober
     lat = sorted(latencies)
+    health.sort()
     return {
         "seconds": elapsed,
         "requests": len(requests),
@@ -208,6 +264,7 @@ async def run_load(url: str, dialect: str, requests: list, concurrency: int, hea
         "statuses": {str(k): v for k, v in statuses.items()},
         "server_tokens": tokens,
         "succeeded": sorted(succeeded),
+        **({"health_p99_ms": 1000 * health[min(len(health) - 1, int(0.99 * len(health)))]} if health else {}),
     }
 
 
@@ -228,8 +285,14 @@ def batching(url: str) -> dict:
 
 def report(name: str, result: dict, request_flops: list[float] | None, peak: float | None) -> None:
     result["matmul_gflops"] = peak
-    line = (f"{name:>9}: {result['pairs_per_s']:7.2f} pairs/s  p50 {result['p50_ms'] or 0:8.1f} ms  "
+    line = (f"{name:>10}: {result['pairs_per_s']:7.2f} pairs/s  p50 {result['p50_ms'] or 0:8.1f} ms  "
             f"p99 {result['p99_ms'] or 0:8.1f} ms  statuses {result['statuses']}")
+    if "cpu_ms_per_pair" in result:
+        line += f"  CPU {result['cpu_ms_per_pair']:.2f} ms/pair"
+    if "health_p99_ms" in result:
+        line += f"  /health p99 {result['health_p99_ms']:.1f} ms"
+    if "gpu_busy_share" in result:
+        line += f"  GPU busy {100 * result['gpu_busy_share']:.0f}%"
     if "real_token_share" in result:
         line += f"  real tokens {100 * result['real_token_share']:.0f}%, {result['pairs_per_batch']:.1f} pairs/batch"
     if request_flops:
@@ -292,6 +355,137 @@ def overhead(args: argparse.Namespace) -> dict:
             "server_total_p50_ms": st, "server_inference_p50_ms": si, "server_overhead_ms": st - b}
 
 
+# -- in-process ---------------------------------------------------------------------------------------
+def in_process(args: argparse.Namespace, requests: list[tuple[str, list[str]]]) -> dict:
+    """The server's ceiling: the same engine (settings, backend, batcher, batches) scoring the same
+    requests from the same number of concurrent callers, with no HTTP in between."""
+    from reranker_serve.config import Settings
+    from reranker_serve.engine import Engine
+
+    overrides = dict(item.split("=", 1) for item in args.set or [])
+    settings = Settings(_env_file=None, model_path=args.model, max_length=args.max_length, use_offline_mode=True,
+                        **overrides)
+    engine = Engine.load(settings)
+    engine.start()
+    options = engine.encode_options()
+    gpu = _gpu_monitor(engine.model.device)
+
+    async def run() -> tuple[float, list[float]]:
+        queue = list(requests)
+        latencies: list[float] = []
+
+        async def worker() -> None:
+            while queue:
+                q, docs = queue.pop(0)
+                t = time.perf_counter()
+                await engine.score(q, docs, options)
+                latencies.append(time.perf_counter() - t)
+
+        await engine.score(*requests[0], options)  # as run_load: one warm-up request
+        gpu.start()
+        started, cpu = time.perf_counter(), time.process_time()
+        await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+        cpu_seconds[0] = time.process_time() - cpu
+        return time.perf_counter() - started, sorted(latencies)
+
+    cpu_seconds = [0.0]
+    try:
+        elapsed, lat = asyncio.run(run())
+    finally:
+        busy = gpu.stop()
+        engine.stop()
+    pairs = sum(len(d) for _, d in requests)
+    common = {"requests": len(requests), "pairs": pairs, "statuses": {"200": len(requests)},
+              "succeeded": list(range(len(requests))), "dtype": engine.model.dtype_name,
+              "device": engine.model.device, "attention": getattr(engine.model, "attention", "padded")}
+    cpu = time.process_time()
+    bare = bare_forward(engine, requests)
+    bare_cpu = time.process_time() - cpu
+    return {"engine": {"seconds": elapsed, "pairs_per_s": pairs / elapsed, "p50_ms": 1000 * statistics.median(lat),
+                       "p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))],
+                       "cpu_ms_per_pair": 1000 * cpu_seconds[0] / pairs, **common, **busy},
+            "bare": {"seconds": bare, "pairs_per_s": pairs / bare, "p50_ms": None, "p99_ms": None,
+                     "cpu_ms_per_pair": 1000 * bare_cpu / pairs, **common}}
+
+
+def bare_forward(engine, requests: list[tuple[str, list[str]]]) -> float:
+    """Seconds for the model's own encode of every request, then forward passes over all the pairs
+    sorted by length in batches under the engine's budget: the best batches the batcher could form."""
+    import torch
+
+    model, batcher = engine.model, engine.batcher
+    options = engine.encode_options()
+    started = time.perf_counter()
+    pairs = sorted((p for q, docs in requests for p in model.encode(q, docs, options)), key=len, reverse=True)
+    i = 0
+    while i < len(pairs):
+        width, n, tokens = len(pairs[i]), 0, 0
+        while i + n < len(pairs) and n < batcher.max_batch_size:
+            cost = (n + 1) * width if getattr(batcher, "padded", True) else tokens + len(pairs[i + n])
+            if n and cost > batcher.max_batch_tokens:
+                break
+            tokens += len(pairs[i + n])
+            n += 1
+        model.forward(pairs[i : i + n])
+        i += n
+    if model.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+# -- GPU ----------------------------------------------------------------------------------------------
+class _gpu_monitor:
+    """The GPU's busy share while a run lasts (NVML's utilization, sampled every 100 ms); a no-op on CPU."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.samples: list[float] = []
+        self._stop = None
+
+    def start(self) -> None:
+        if not self.device.startswith("cuda"):
+            return
+        import threading
+
+        import torch
+
+        self._stop = threading.Event()
+
+        def sample() -> None:
+            while not self._stop.is_set():
+                try:
+                    self.samples.append(float(torch.cuda.utilization()))  # NVML (nvidia-ml-py) underneath
+                except Exception:
+                    return
+                self._stop.wait(0.1)
+
+        threading.Thread(target=sample, daemon=True).start()
+
+    def stop(self) -> dict:
+        if self._stop is None:
+            return {}
+        self._stop.set()
+        return {"gpu_busy_share": statistics.mean(self.samples) / 100} if self.samples else {}
+
+
+def cuda_matmul_peak(dtype_name: str, n: int = 8192, repeat: int = 10) -> float:
+    """The GPU's dense matmul rate (GFLOP/s) at n³, the figure useful work is compared with."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(n, n, dtype=dtype, device="cuda"), torch.randn(n, n, dtype=dtype, device="cuda")
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeat):
+        a @ b
+    end.record()
+    torch.cuda.synchronize()
+    return 2 * n**3 * repeat / (start.elapsed_time(end) / 1000) / 1e9
+
+
 # -- main -------------------------------------------------------------------------------------------
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawTextHelpFormatter)
@@ -302,6 +496,10 @@ def main() -> int:
                     help="also run infinity-emb from this venv (pip install 'infinity-emb[server,torch]')")
     ap.add_argument("--infinity-dtype", default="float32", help="infinity's --dtype (bfloat16 only with AMX)")
     ap.add_argument("--overhead", action="store_true", help="measure server overhead over the bare forward pass")
+    ap.add_argument("--in-process", action="store_true",
+                    help="also run the same requests through the engine in this process, no HTTP (the ceiling)")
+    ap.add_argument("--baseline-fp16", action="store_true",
+                    help="the naive server in fp16 (CrossEncoder use_fp16-style, as GPU users run it)")
     ap.add_argument("--dialect", choices=sorted(BODIES), default="native")
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--docs", type=int, default=20, help="documents per request")
@@ -339,12 +537,23 @@ def main() -> int:
                   f"(mean {sum(lengths) / len(lengths):.0f}/pair), concurrency {args.concurrency}")
         # The machine's matmul rate, measured with no server running (an idle server's thread pool
         # still competes for the cores), before and after the runs; the better of the two counts.
-        peaks = {d: matmul_rate(d) for d in ("float32", "bfloat16")} if args.model else {}
+        cuda = _cuda_available()
+        if cuda and args.model:
+            peaks = {d: cuda_matmul_peak(d) for d in ("float16", "bfloat16")}
+            out["gpu"] = _gpu_name()
+            print(f"gpu: {out['gpu']}")
+        else:
+            peaks = {d: matmul_rate(d) for d in ("float32", "bfloat16")} if args.model else {}
         targets: list = [("server", None)] if args.url else [("ours", start_ours)]
         if args.baseline and args.model:
             targets.append(("baseline", start_baseline))
         if args.infinity and args.model:
             targets.append(("infinity", start_infinity))
+        if args.in_process and args.model:
+            both = in_process(args, requests)
+            out["in-process"], out["engine"] = both["bare"], both["engine"]
+            print(f"in-process: {both['bare']['pairs_per_s']:.2f} pairs/s (encode + forward, best batches); "
+                  f"engine without HTTP: {both['engine']['pairs_per_s']:.2f}", flush=True)
         for name, starter in targets:
             proc, url = None, args.url
             if starter is not None:
@@ -354,9 +563,17 @@ def main() -> int:
                 info = httpx.get(f"{url}/info", timeout=5).json() if name in ("ours", "server") else {}
             except (httpx.HTTPError, ValueError):
                 info = {}
-            dtype = info.get("dtype") or (args.infinity_dtype if name == "infinity" else "float32")
+            dtype = info.get("dtype") or (args.infinity_dtype if name == "infinity" else
+                                          "float16" if name == "baseline" and args.baseline_fp16 else "float32")
             dialect = args.dialect if name in ("ours", "server") else "native"
-            result = asyncio.run(run_load(url, dialect, requests, args.concurrency, headers))
+            gpu = _gpu_monitor("cuda" if cuda else "cpu")
+            gpu.start()
+            cpu_before = process_cpu_seconds(proc.pid) if proc is not None else 0.0
+            result = asyncio.run(run_load(url, dialect, requests, args.concurrency, headers,
+                                          probe_health=name in ("ours", "server")))
+            if proc is not None and result["pairs"]:
+                result["cpu_ms_per_pair"] = 1000 * (process_cpu_seconds(proc.pid) - cpu_before) / result["pairs"]
+            result.update(gpu.stop())
             result["dtype"] = dtype
             if name in ("ours", "server"):
                 result.update(batching(url))
@@ -366,12 +583,23 @@ def main() -> int:
                 proc.terminate()
                 proc.wait(60)
         if peaks:
-            after = {d: matmul_rate(d) for d in peaks}
+            after = {d: (cuda_matmul_peak if cuda else matmul_rate)(d) for d in peaks}
             out["matmul_gflops"] = {d: {"before": peaks[d], "after": after[d]} for d in peaks}
             peaks = {d: max(peaks[d], after[d]) for d in peaks}
-            print("1024³ matmul, GFLOP/s: " + ", ".join(f"{d} {v:.0f}" for d, v in peaks.items()))
-        for name, _ in targets:
+            size = "8192³ CUDA" if cuda else "1024³"
+            print(f"{size} matmul, GFLOP/s: " + ", ".join(f"{d} {v:.0f}" for d, v in peaks.items()))
+        names = [name for name, _ in targets] + (["in-process", "engine"] if "in-process" in out else [])
+        for name in names:
             report(name, out[name], useful, peaks.get(out[name]["dtype"]))
+        if "in-process" in out and "ours" in out:
+            share = out["ours"]["pairs_per_s"] / out["in-process"]["pairs_per_s"]
+            out["server_of_in_process"] = share
+            line = f"server / in-process: {100 * share:.0f}% (wall clock)"
+            if out["ours"].get("cpu_ms_per_pair"):
+                cpu_share = out["in-process"]["cpu_ms_per_pair"] / out["ours"]["cpu_ms_per_pair"]
+                out["server_of_in_process_cpu"] = cpu_share
+                line += f", {100 * cpu_share:.0f}% (CPU per pair: the rate it reaches when CPU-bound)"
+            print(line)
         for other in ("baseline", "infinity"):
             if "ours" in out and other in out:
                 ratio = out["ours"]["pairs_per_s"] / out[other]["pairs_per_s"]

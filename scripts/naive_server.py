@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The naive, seed-style rerank server, kept as the benchmark baseline.
 
-One `CrossEncoder.predict(batch_size=32)` per request, fp32, in FastAPI's thread pool:
+One `CrossEncoder.predict(batch_size=32)` per request, fp32 (`--fp16`: half precision, as
+`use_fp16=True` users run it on a GPU), on CUDA when there is one, in FastAPI's thread pool:
 requests never share a batch and documents of any length are padded together. Speaks the
 native `/rerank` shape only. Not part of the product: `scripts/benchmark.py --baseline` starts it.
 
@@ -25,9 +26,10 @@ class Request(BaseModel):
     top_n: int | None = None
 
 
-def build(model_path: str, max_length: int) -> FastAPI:
-    model = CrossEncoder(model_path, device="cpu", max_length=max_length, local_files_only=True,
-                         model_kwargs={"dtype": torch.float32})
+def build(model_path: str, max_length: int, *, fp16: bool = False) -> FastAPI:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = CrossEncoder(model_path, device=device, max_length=max_length, local_files_only=True,
+                         model_kwargs={"dtype": torch.float16 if fp16 else torch.float32})
     app = FastAPI()
 
     @app.get("/ready")
@@ -48,8 +50,9 @@ def main() -> None:
     ap.add_argument("--model", required=True)
     ap.add_argument("--port", type=int, default=8001)
     ap.add_argument("--max-length", type=int, default=512)
+    ap.add_argument("--fp16", action="store_true", help="half precision (GPU users' use_fp16=True)")
     a = ap.parse_args()
-    uvicorn.run(build(a.model, a.max_length), host="127.0.0.1", port=a.port, log_level="warning")
+    uvicorn.run(build(a.model, a.max_length, fp16=a.fp16), host="127.0.0.1", port=a.port, log_level="warning")
 
 
 if __name__ == "__main__":

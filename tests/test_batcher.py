@@ -198,3 +198,77 @@ async def test_request_that_cannot_meet_its_deadline_is_refused_at_once():
     model.gate.set()
     await asyncio.gather(backlog, blocker)
     batcher.close()
+
+
+async def test_unpadded_batches_count_real_tokens():
+    # A packed batch costs its real tokens: pairs of very different lengths share one batch
+    # where the padded budget (pairs × longest) would split them.
+    model = FakeModel()
+    batcher = make(model, max_batch_tokens=40, max_batch_size=100, padded=False)
+    blocker = await hold(model, batcher)
+    lengths = [20, 2, 3, 1, 4, 2, 15, 5, 3]
+    task = asyncio.ensure_future(batcher.submit(pairs(*lengths), timeout=30))
+    await asyncio.sleep(0.05)
+    model.gate.set()
+    result = await task
+    await blocker
+    assert result.scores == [fake_score(p) for p in pairs(*lengths)]
+    batches = model.batches[1:]
+    assert all(sum(len(p) for p in b) <= 40 for b in batches)
+    assert sum(len(b) for b in batches) == len(lengths)
+    assert any(len(b) * max(len(p) for p in b) > 40 for b in batches), [[len(p) for p in b] for b in batches]
+    batcher.close()
+
+
+class _Launched:
+    def __init__(self, model: "PipelinedFake", index: int, batch: list[Pair]) -> None:
+        self.model, self.index, self.batch = model, index, batch
+
+    def result(self) -> list[float]:
+        self.model.events.append(("collect", self.index))
+        if self.model.fail_on is not None and any(self.model.fail_on in p.ids for p in self.batch):
+            raise RuntimeError("simulated kernel failure")
+        return [fake_score(p) for p in self.batch]
+
+
+class PipelinedFake(FakeModel):
+    """A device that computes asynchronously: launch returns at once, result() collects."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.events: list[tuple[str, int]] = []
+
+    def launch(self, batch):
+        if self.oom_above is not None and len(batch) > self.oom_above:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        index = len(self.batches)
+        self.batches.append(list(batch))
+        self.events.append(("launch", index))
+        return _Launched(self, index, list(batch))
+
+
+async def test_the_next_batch_is_launched_before_the_last_ones_scores_are_collected():
+    model = PipelinedFake()
+    batcher = make(model, max_batch_size=2, launch=model.launch, depth=2)
+    job = pairs(3, 3, 3, 3, 3, 3)
+    result = await batcher.submit(job, timeout=30)
+    assert result.scores == [fake_score(p) for p in job]
+    assert model.events == [("launch", 0), ("launch", 1), ("collect", 0), ("launch", 2), ("collect", 1),
+                            ("collect", 2)]
+    batcher.close()
+
+
+async def test_a_pipelined_failure_fails_only_its_batch_and_oom_splits():
+    model = PipelinedFake(fail_on=666, oom_above=2)
+    batcher = make(model, max_batch_size=1, max_batch_tokens=1000, launch=model.launch, depth=2,
+                   is_oom=lambda e: "out of memory" in str(e))
+    bad, good = [Pair([666] * 5)], pairs(4, 4)
+    results = await asyncio.gather(batcher.submit(bad, timeout=30), batcher.submit(good, timeout=30),
+                                   return_exceptions=True)
+    assert isinstance(results[0], RerankError) and results[0].kind is ErrorKind.BACKEND
+    assert results[1].scores == [fake_score(p) for p in good]
+    # Too big to launch: the batch is retried in halves through forward (synchronously).
+    big = pairs(2, 2, 2, 2)
+    batcher.max_batch_size = 4
+    assert (await batcher.submit(big, timeout=30)).scores == [fake_score(p) for p in big]
+    batcher.close()

@@ -25,7 +25,7 @@ def test_defaults():
     assert (s.host, s.port, s.workers) == ("127.0.0.1", 8000, 1)
     assert s.model_name == "BAAI/bge-reranker-v2-m3" and s.model_path is None
     assert s.model_cache_dir == Path("models") and s.use_offline_mode is False
-    assert (s.max_length, s.batch_size, s.max_documents) == (512, 32, 1000)
+    assert (s.max_length, s.batch_size, s.max_documents) == (512, 0, 1000)  # 0: per device
     assert (s.device, s.use_fp16, s.dtype) == ("auto", True, "auto")
     assert s.api_key is None and s.log_level == "info"
     (spec,) = s.model_specs

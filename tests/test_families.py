@@ -268,14 +268,14 @@ def test_llm_documents_are_chunked_and_scored_by_their_best_window(server, model
     ({"architectures": ["CostWiseGemmaForCausalLM"], "model_type": "cost_wise_gemma"}, "lightweight"),
 ])
 def test_family_detection(config, family):
-    assert detect_family(config) == family
+    assert detect_family(config).name == family
 
 
 def test_detection_refuses_what_it_cannot_score_and_the_override_wins():
     llama = {"architectures": ["LlamaForCausalLM"], "model_type": "llama"}
     with pytest.raises(ModelLoadError, match="RERANKER_MODEL_TYPE=llm"):
         detect_family(llama)
-    assert detect_family(llama, "llm") == "llm"
+    assert detect_family(llama, "llm").name == "llm"
     with pytest.raises(ModelLoadError, match=r"architectures=\['BertModel'\], model_type='bert'"):
         detect_family({"architectures": ["BertModel"], "model_type": "bert"})
 
@@ -306,3 +306,21 @@ def test_model_type_override_loads_a_model_as_another_family(models):
 def test_settings_validate_model_options():
     spec = Settings(_env_file=None, model_type="QWEN3", compress_layers="24, 40", cutoff_layer="28").model_specs[0]
     assert (spec.model_type, spec.compress_layers, spec.cutoff_layer) == ("qwen3", (24, 40), 28)
+
+
+def test_one_family_record_answers_every_question():
+    import importlib
+    from typing import get_args
+
+    from reranker_serve.config import ModelType
+    from reranker_serve.families import FAMILIES
+
+    assert get_args(ModelType) == ("auto", *FAMILIES)  # settings accept exactly the families
+    for record in FAMILIES.values():
+        module, _, function = record.loader.partition(":")
+        assert callable(getattr(importlib.import_module(module), function)), record.name
+    assert [f.name for f in FAMILIES.values() if f.remote_code] == ["layerwise", "lightweight"]
+    assert [f.name for f in FAMILIES.values() if not f.decoder] == ["encoder"]
+    assert [f.name for f in FAMILIES.values() if f.openvino] == ["encoder"]
+    assert [f.name for f in FAMILIES.values() if f.unpadded] == ["encoder", "qwen3", "llm"]
+    assert [f.name for f in FAMILIES.values() if f.shares_prefix] == ["qwen3", "llm"]

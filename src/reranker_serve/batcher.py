@@ -9,7 +9,8 @@ model; it only admits work (or answers 429 when the queue is full) and awaits a 
 Batch selection: the oldest waiting request seeds each batch with its longest remaining pair
 (length L), so no request waits behind an endless stream of newer ones; the batch is then filled
 with the longest waiting pairs of length <= L from any request, while (pairs x L) stays within
-``max_batch_tokens`` and the pair count within ``max_batch_size``.
+``max_batch_tokens`` and the pair count within ``max_batch_size``. For a model that runs
+unpadded (packed tokens, variable-length attention) the budget counts real tokens instead.
 """
 
 from __future__ import annotations
@@ -17,17 +18,31 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from bisect import bisect_right
+from collections import deque
+from itertools import accumulate
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from loguru import logger
 
 from .errors import ErrorKind, RerankError
-from .models.base import Pair
+from .models.base import Pair, Pending
 
 __all__ = ["Batcher", "Scored"]
 
 Forward = Callable[[Sequence[Pair]], list[float]]
+Launch = Callable[[Sequence[Pair]], Pending]
+
+
+@dataclass(frozen=True, slots=True)
+class _Flight:
+    """A launched batch: its pairs, when it started, and its pending scores (or launch error)."""
+
+    batch: list[tuple[_Job, int]]
+    start: float
+    pending: Pending | None
+    error: Exception | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +100,17 @@ class Batcher:
         max_queue: int,
         batch_wait: float = 0.0,
         is_oom: Callable[[BaseException], bool] = lambda exc: False,
+        padded: bool = True,
+        launch: Launch | None = None,
+        depth: int = 1,
     ) -> None:
         self._forward = forward
+        # launch: start a batch on the device and return at once (scores collected later);
+        # depth: batches in flight (2 on a GPU: the next one is assembled while one computes).
+        self._launch = launch
+        self._depth = max(1, depth)
+        # Padded batches cost pairs × their longest pair; unpadded (packed) ones their real tokens.
+        self.padded = padded
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
@@ -183,18 +207,26 @@ class Batcher:
 
     # -- the worker thread ---------------------------------------------------------------------
     def _run(self) -> None:
+        # Up to `depth` batches in flight: batch n+1 is taken, assembled and launched while the
+        # device still computes batch n, whose scores are collected after (one sync per batch,
+        # when the next one is already queued on the device).
+        inflight: deque[_Flight] = deque()
         while True:
             with self._cond:
-                while not self._closed and not self._jobs:
+                while not self._closed and not self._jobs and not inflight:
                     self._cond.wait()
-                if self._closed:
+                if self._closed and not inflight:
                     return
-                if self._batch_wait > 0 and self._queued < self.max_batch_size:
-                    # A short wait for company, only when the next batch would be small.
-                    self._cond.wait(timeout=self._batch_wait)
-                batch = self._take_batch()
+                batch: list[tuple[_Job, int]] = []
+                if not self._closed and self._jobs:
+                    if not inflight and self._batch_wait > 0 and self._queued < self.max_batch_size:
+                        # A short wait for company, only when the next batch would be small.
+                        self._cond.wait(timeout=self._batch_wait)
+                    batch = self._take_batch()
             if batch:
-                self._execute(batch)
+                inflight.append(self._launch_batch(batch))
+            if inflight and (len(inflight) >= self._depth or not batch):
+                self._finish(inflight.popleft())
 
     def _take_batch(self) -> list[tuple[_Job, int]]:
         """Pick the next batch (see module docstring). Called with the lock held."""
@@ -215,7 +247,11 @@ class Batcher:
             key=lambda c: (c[0], c[1]),
             reverse=True,
         )
-        cap = max(1, min(self.max_batch_size, self.max_batch_tokens // max(width, 1)))
+        if self.padded:
+            cap = max(1, min(self.max_batch_size, self.max_batch_tokens // max(width, 1)))
+        else:
+            lengths = list(accumulate(c[0] for c in candidates[: self.max_batch_size]))
+            cap = max(1, bisect_right(lengths, self.max_batch_tokens))
         batch = [(job, i) for _, _, i, job in candidates[:cap]]
         for job, i in batch:
             job.remaining.discard(i)
@@ -223,21 +259,38 @@ class Batcher:
         self._jobs = [job for job in live if job.remaining]
         return batch
 
-    def _execute(self, batch: list[tuple[_Job, int]]) -> None:
+    def _launch_batch(self, batch: list[tuple[_Job, int]]) -> _Flight:
         start = time.perf_counter()
         for job, _ in batch:
             if job.started is None:
                 job.started = start
+        pairs = [job.pairs[i] for job, i in batch]
         try:
-            scores = self._forward_with_split([job.pairs[i] for job, i in batch])
-        except Exception as exc:  # the model failed: fail exactly the requests in this batch
-            self._fail(batch, exc)
-            return
+            return _Flight(batch, start, self._launch(pairs) if self._launch is not None else None, None)
+        except Exception as exc:  # raised while launching (out of memory, most often): settled in _finish
+            return _Flight(batch, start, None, exc)
+
+    def _finish(self, flight: _Flight) -> None:
+        batch, start = flight.batch, flight.start
+        pairs = [job.pairs[i] for job, i in batch]
+        try:
+            if flight.error is not None:
+                raise flight.error
+            scores = flight.pending.result() if flight.pending is not None else self._forward_with_split(pairs)
+        except Exception as exc:
+            try:
+                if not self._is_oom(exc) or len(pairs) < 2:
+                    raise
+                scores = self._forward_with_split(pairs)  # in halves, synchronously
+            except Exception as final:  # the model failed: fail exactly the requests in this batch
+                self._fail(batch, final)
+                return
         elapsed = time.perf_counter() - start
         rate = len(batch) / elapsed if elapsed > 0 else 0.0
         self._pairs_per_s = rate if self._pairs_per_s == 0 else 0.8 * self._pairs_per_s + 0.2 * rate
         if self.on_batch is not None:
-            self.on_batch(len(batch), len(batch) * max(len(job.pairs[i]) for job, i in batch))
+            lengths = [len(p) for p in pairs]
+            self.on_batch(len(batch), len(batch) * max(lengths) if self.padded else sum(lengths))
         done = []
         with self._cond:
             self._queued -= len(batch)

@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
+from .families import FAMILY_NAMES
+
 __all__ = ["ConfigError", "ModelEntry", "ModelSpec", "Settings", "load_settings"]
 
 ENV_PREFIX = "RERANKER_"
@@ -25,10 +27,12 @@ SCRIPT_VARIABLES = ("RERANKER_PIDFILE", "RERANKER_LOGFILE", "RERANKER_START_TIME
 MAX_CHUNKS_PER_DOC = 100  # most windows one document may be split into (setting and requests)
 
 # How a model turns (query, document) into a score; "auto" reads it from the model's config.
-ModelType = Literal["auto", "encoder", "qwen3", "qwen3-seq-cls", "llm", "layerwise", "lightweight"]
+ModelType = Literal[("auto", *FAMILY_NAMES)]  # type: ignore[valid-type]  # the families' own list
 # What runs the forward pass; "auto": OpenVINO for cross-encoders on the CPU where it is installed.
 Backend = Literal["auto", "torch", "openvino"]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
+# How a batch is laid out for attention; "auto": unpadded on CUDA if it passes its start-up self-check.
+Attention = Literal["auto", "padded", "unpadded"]
 _DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
 
 
@@ -47,7 +51,7 @@ class ConfigError(ValueError):
 # Options each served model may set for itself (in RERANKER_MODELS); unset, the global one holds.
 _PER_MODEL = (
     "model_type", "backend", "trust_remote_code", "max_length", "dtype", "batch_size", "max_batch_tokens", "max_queue",
-    "instruction", "cutoff_layer", "compress_ratio", "compress_layers",
+    "instruction", "cutoff_layer", "compress_ratio", "compress_layers", "attention", "share_prefix",
 )
 
 
@@ -71,8 +75,10 @@ class ModelEntry(BaseModel):
     cutoff_layer: int | None = Field(None, ge=1)
     compress_ratio: int | None = Field(None, ge=1)
     compress_layers: list[int] | None = None
+    attention: Attention | None = None
+    share_prefix: bool | None = None
 
-    _normalise_choice = field_validator("model_type", "backend", "dtype", mode="before")(_choice)
+    _normalise_choice = field_validator("model_type", "backend", "dtype", "attention", mode="before")(_choice)
 
     @field_validator("name")
     @classmethod
@@ -111,6 +117,8 @@ class ModelSpec:
     cutoff_layer: int | None
     compress_ratio: int
     compress_layers: tuple[int, ...]
+    attention: str = "auto"
+    share_prefix: bool = True
 
     @property
     def name(self) -> str:
@@ -235,9 +243,11 @@ class Settings(BaseSettings):
     )
 
     # --- engine ---------------------------------------------------------------------------
-    batch_size: int = Field(32, ge=1, le=4096, description="Most pairs in one forward pass.")
+    batch_size: int = Field(
+        0, ge=0, le=4096, description="Most pairs in one forward pass; 0: per device (32 on CPU/MPS, 1024 on CUDA)."
+    )
     max_batch_tokens: int = Field(
-        0, ge=0, description="Most padded tokens in one forward pass (pairs × longest pair); 0: per device."
+        0, ge=0, description="Most tokens in one forward pass (padded: pairs × longest pair); 0: per device."
     )
     max_queue: int = Field(4096, ge=1, description="Most pairs waiting for the model; beyond it requests get 429.")
     request_timeout: float = Field(60.0, gt=0, description="Seconds a request may wait and run before 504.")
@@ -281,14 +291,22 @@ class Settings(BaseSettings):
     ray_num_cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves per replica (ray_actor_options).")
     ray_num_gpus: float = Field(0.0, ge=0, description="GPUs Ray reserves per replica (fractions share one GPU).")
 
+    # --- GPU engine -------------------------------------------------------------------------
+    attention: Attention = Field(
+        "auto", description="Batches padded, or unpadded (packed tokens, variable-length attention: cross-encoders, "
+        "Qwen3/Gemma LLM rerankers); auto: unpadded on CUDA where its start-up self-check agrees with padded.",
+    )
+    share_prefix: bool = Field(
+        True, description="LLM rerankers: compute a request's prompt prefix (instruction, query) once for all documents."
+    )
+
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
-    _normalise_choice = field_validator("dtype", "device", "model_type", "backend", "unknown_model", mode="before")(
-        _choice
-    )
+    _normalise_choice = field_validator("dtype", "device", "model_type", "backend", "unknown_model", "attention",
+                                        mode="before")(_choice)
 
     @field_validator("compress_layers", mode="before")
     @classmethod

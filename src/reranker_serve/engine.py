@@ -10,13 +10,13 @@ import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
 import anyio
 import torch
 from loguru import logger
 
-from .batcher import Batcher, Forward
+from .batcher import Batcher
 from .config import ModelSpec, Settings
 from .device import Placement, configure_cpu_threads, resolve_placement
 from .models import EncodeOptions, Pair, ScoringModel, load_model
@@ -33,6 +33,7 @@ class EngineScores:
 
 
 _INLINE_TOKENIZE_CHARS = 4096
+T = TypeVar("T")
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -42,14 +43,25 @@ def _is_oom(exc: BaseException) -> bool:
 def default_batch_tokens(device: str) -> int:
     # Measured (docs/benchmarks.md): on CPU, 1k-token batches beat 2k by ~8% in the server (fewer
     # padded tokens: the queue rarely holds many pairs of one length) and 8k by ~15-50%
-    # (activations stay in cache); a GPU wants large batches to fill its cores.
-    return 16384 if device.startswith("cuda") else 1024
+    # (activations stay in cache). A GPU wants large batches to fill its cores: on an H100 the
+    # padded forward pass ran 1,905 pairs/s at 16k tokens and 2,048 at 32k, and the server
+    # 1,234 vs 1,004 (the issue on the GPU engine).
+    return 32768 if device.startswith("cuda") else 1024
 
 
-def _serialised(forward: Forward, lock: threading.Lock) -> Forward:
-    def run(batch: Sequence[Pair]) -> list[float]:
+def default_batch_size(device: str) -> int:
+    # On a GPU the token budget governs: 32k tokens of 32-token pairs is 1,024 pairs. On the CPU
+    # 32 pairs was measured best (docs/benchmarks.md).
+    return 1024 if device.startswith("cuda") else 32
+
+
+def _serialised(call: Callable[[Sequence[Pair]], T], lock: threading.Lock | None) -> Callable[[Sequence[Pair]], T]:
+    if lock is None:
+        return call
+
+    def run(batch: Sequence[Pair]) -> T:
         with lock:
-            return forward(batch)
+            return call(batch)
 
     return run
 
@@ -67,11 +79,15 @@ class Engine:
         self.settings = settings
         self.spec = spec or settings.model_specs[0]
         self.load_seconds = load_seconds
-        forward = model.forward if device_lock is None else _serialised(model.forward, device_lock)
+        # On a GPU the batcher keeps two batches in flight: launched (asynchronous), then collected.
+        launch = getattr(model, "launch", None) if model.device.startswith("cuda") else None
         self.batcher = Batcher(
-            forward,
+            _serialised(model.forward, device_lock),
+            launch=_serialised(launch, device_lock) if launch is not None else None,
+            depth=2 if launch is not None else 1,
             max_batch_tokens=self.spec.max_batch_tokens or default_batch_tokens(model.device),
-            max_batch_size=self.spec.batch_size,
+            max_batch_size=self.spec.batch_size or default_batch_size(model.device),
+            padded=getattr(model, "padded", True),
             max_queue=self.spec.max_queue,
             batch_wait=settings.batch_wait_ms / 1000.0,
             is_oom=_is_oom,
@@ -93,17 +109,38 @@ class Engine:
         engine.warm_up()
         engine.load_seconds = time.perf_counter() - started
         logger.info(
-            "{} ready in {:.1f} s: {} reranker on {} ({}, {}), max_length {}",
+            "{} ready in {:.1f} s: {} reranker on {} ({}, {}, {} attention), max_length {}",
             model.name, engine.load_seconds, model.family, model.device, model.dtype_name, model.backend,
-            model.max_length,
+            getattr(model, "attention", "padded"), model.max_length,
         )
         return engine
 
     def warm_up(self) -> None:
-        # The first forward pass pays for kernel selection and allocator growth; pay it here,
-        # not in the first client's latency.
+        """Pay for kernel selection and allocator growth here, not in the first clients' latency.
+
+        On the CPU one small pass does it. On a GPU every power-of-two pair length up to
+        max_length runs once at the full batch budget (the largest activations the server will
+        allocate, and each length's GEMM heuristics), before /ready turns 200.
+        """
         pairs = self.model.encode("warm up", ["the engine is warming up"], self.encode_options())
         self.model.forward(pairs)
+        if not self.model.device.startswith("cuda"):
+            return
+        started = time.perf_counter()
+        text = " ".join(["warm"] * 2 * self.model.max_length)
+        length = 32
+        while length <= self.model.max_length:
+            try:
+                pair = self.model.encode("warm up", [text], self.encode_options(max_length=length))[:1]
+            except Exception:  # a prompt longer than this length: start at a longer one
+                length *= 2
+                continue
+            budget = self.batcher.max_batch_tokens // max(1, len(pair[0]))
+            self.model.forward(pair * max(1, min(self.batcher.max_batch_size, budget)))
+            length *= 2
+        torch.cuda.synchronize()
+        logger.info("{}: warmed up over pair lengths 32..{} in {:.1f} s", self.model.name, self.model.max_length,
+                    time.perf_counter() - started)
 
     def start(self) -> None:
         self.batcher.start()

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 
 from .. import __version__
 from ..config import ModelSpec
+from ..families import FAMILY_NAMES
 from ..registry import ModelRegistry, ModelState
 from .deps import RegistryDep, SettingsDep
 
@@ -31,8 +32,9 @@ class ModelInfo(BaseModel):
     aliases: list[str] = Field(description="Other names that select it.")
     source: str = Field(description="Hub id or local folder it was loaded from.")
     ready: bool
-    family: str | None = Field(description="encoder, qwen3, qwen3-seq-cls, llm, layerwise or lightweight.")
+    family: str | None = Field(description=f"One of {', '.join(FAMILY_NAMES)}.")
     backend: str | None = Field(description="What runs the forward pass: torch or openvino.")
+    attention: str | None = Field(None, description="padded or unpadded (packed, variable-length attention).")
     device: str | None
     dtype: str | None
     max_length: int = Field(description="Tokens per (query, document) pair.")
@@ -92,10 +94,11 @@ def _model_info(registry: ModelRegistry, spec: ModelSpec) -> ModelInfo:
         ready=registry.state(spec) is ModelState.READY,
         family=model.family if model else None,
         backend=model.backend if model else None,
+        attention=getattr(model, "attention", "padded") if model else None,
         device=model.device if model else None,
         dtype=model.dtype_name if model else None,
         max_length=model.max_length if model else spec.max_length,
-        batch_size=spec.batch_size,
+        batch_size=engine.batcher.max_batch_size if engine else spec.batch_size,
         max_batch_tokens=engine.batcher.max_batch_tokens if engine else spec.max_batch_tokens,
         max_queue=spec.max_queue,
         takes_instruction=model.takes_instruction if model else None,

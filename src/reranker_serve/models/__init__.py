@@ -1,17 +1,9 @@
-"""Model families, and the loader that picks one from the model's config.
-
-    family         what it is                                   detected by
-    encoder        bge-reranker-v2-m3/-large/-base, any         *ForSequenceClassification
-                   one-label sequence classifier
-    qwen3-seq-cls  Qwen3-Reranker converted to a classifier     *ForSequenceClassification, model_type qwen3
-    qwen3          Qwen3-Reranker 0.6B/4B/8B (causal LM)        *ForCausalLM, model_type qwen3
-    llm            bge-reranker-v2-gemma (FlagLLMReranker)      *ForCausalLM, model_type gemma
-    layerwise      bge-reranker-v2-minicpm-layerwise            LayerWiseMiniCPMForCausalLM (remote code)
-    lightweight    bge-reranker-v2.5-gemma2-lightweight         CostWiseGemmaForCausalLM (remote code)
+"""Loading a model: its family (``families.py``: detection, loader, precision, remote code),
+device and precision, and what runs its forward pass.
 
 RERANKER_MODEL_TYPE overrides the detection (e.g. ``llm`` for another causal LM trained the
-bge-reranker-v2-gemma way). A model that is none of these fails at start-up with a message
-naming what its config says.
+bge-reranker-v2-gemma way). A model that is none of the families fails at start-up with a
+message naming what its config says.
 """
 
 from __future__ import annotations
@@ -25,42 +17,18 @@ from loguru import logger
 from ..config import ModelSpec, apply_offline_environment
 from ..device import Placement, for_family
 from ..errors import ModelLoadError
+from ..families import FAMILIES, Family, UnknownModel, detect
 from .base import EncodeOptions, Pair, ScoringModel
 
 __all__ = ["FAMILIES", "EncodeOptions", "Pair", "ScoringModel", "detect_family", "load_model"]
 
-FAMILIES = ("encoder", "qwen3-seq-cls", "qwen3", "llm", "layerwise", "lightweight")
-_REMOTE_CODE = {"layerwise", "lightweight"}
 
-
-def detect_family(config: dict[str, Any], requested: str = "auto") -> str:
+def detect_family(config: dict[str, Any], requested: str = "auto") -> Family:
     """The family of a model from its config.json (``requested`` wins unless it is "auto")."""
-    if requested != "auto":
-        return requested
-    architectures = list(config.get("architectures") or [])
-    model_type = str(config.get("model_type") or "")
-    if "LayerWiseMiniCPMForCausalLM" in architectures:
-        return "layerwise"
-    if "CostWiseGemmaForCausalLM" in architectures or model_type == "cost_wise_gemma":
-        return "lightweight"
-    if any(a.endswith("ForSequenceClassification") for a in architectures):
-        return "qwen3-seq-cls" if model_type.startswith("qwen3") else "encoder"
-    if any(a.endswith("ForCausalLM") for a in architectures):
-        if model_type.startswith("qwen3"):
-            return "qwen3"
-        if model_type == "gemma":
-            return "llm"
-        # A causal LM is a reranker only if it was trained as one: say how to declare it.
-        raise ModelLoadError(
-            f"a causal language model (architectures={architectures}, model_type={model_type!r}) is not a known "
-            "reranker; if it was trained as one, set RERANKER_MODEL_TYPE=llm (FlagEmbedding's 'Yes' prompt) or "
-            "qwen3 (Qwen3-Reranker's yes/no prompt)"
-        )
-    raise ModelLoadError(
-        f"not a supported reranker: architectures={architectures or 'none'}, model_type={model_type!r}; "
-        "supported: *ForSequenceClassification cross-encoders, Qwen3-Reranker, bge-reranker-v2-gemma, "
-        "bge-reranker-v2-minicpm-layerwise, bge-reranker-v2.5-gemma2-lightweight"
-    )
+    try:
+        return detect(config, requested)
+    except UnknownModel as exc:
+        raise ModelLoadError(str(exc)) from None
 
 
 def _read_config(spec: ModelSpec) -> dict[str, Any]:
@@ -107,45 +75,23 @@ def _from_hub(spec: ModelSpec) -> ModelSpec:
     return spec
 
 
-def _backend(spec: ModelSpec, family: str, placement: Placement) -> str:
+def _backend(spec: ModelSpec, family: Family, placement: Placement) -> str:
     """torch or openvino: OpenVINO runs cross-encoders on the CPU (faster there, same precision)."""
     if spec.backend == "torch":
         return "torch"
     from .openvino import openvino_available
 
-    fits = family == "encoder" and placement.device == "cpu"
+    fits = family.openvino and placement.device == "cpu"
     if spec.backend == "auto":
         return "openvino" if fits and openvino_available() else "torch"
     if not fits:
         raise ModelLoadError(
             f"RERANKER_BACKEND=openvino runs cross-encoders (family encoder) on the CPU; {spec.name!r} is a "
-            f"{family} reranker on {placement.device}: use RERANKER_BACKEND=torch or auto"
+            f"{family.name} reranker on {placement.device}: use RERANKER_BACKEND=torch or auto"
         )
     if not openvino_available():
         raise ModelLoadError("RERANKER_BACKEND=openvino, but the openvino package is not installed")
     return "openvino"
-
-
-def _load_sequence_classifier(spec: ModelSpec, backend: str, placement: Placement, common: dict[str, Any]) -> ScoringModel:
-    from .encoder import load_sequence_classifier
-
-    if backend == "torch":
-        return load_sequence_classifier(spec.source, **common)
-    import torch
-
-    from .openvino import to_openvino
-
-    # OpenVINO converts from float32 weights and compiles them in the placement's precision.
-    reranker = load_sequence_classifier(spec.source, **{**common, "dtype": torch.float32})
-    try:
-        return to_openvino(reranker, dtype=placement.dtype, threads=torch.get_num_threads())
-    except Exception as exc:
-        if spec.backend == "openvino":
-            raise
-        # auto: a model OpenVINO cannot convert still serves, through torch.
-        logger.warning("OpenVINO could not convert {} ({}); serving it with torch", spec.name,
-                       str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        return reranker.to(placement.dtype)
 
 
 def load_model(spec: ModelSpec, placement: Placement) -> ScoringModel:
@@ -162,35 +108,21 @@ def load_model(spec: ModelSpec, placement: Placement) -> ScoringModel:
         spec.cache_dir.mkdir(parents=True, exist_ok=True)
         if not spec.offline:
             spec = _from_hub(spec)
-    config = _read_config(spec)
-    family = detect_family(config, spec.model_type)
-    if family in _REMOTE_CODE and not spec.trust_remote_code:
+    family = detect_family(_read_config(spec), spec.model_type)
+    if family.remote_code and not spec.trust_remote_code:
         raise ModelLoadError(
-            f"{spec.describe()} is a {family} reranker, which runs Python code shipped with the model: "
+            f"{spec.describe()} is a {family.name} reranker, which runs Python code shipped with the model: "
             "set RERANKER_TRUST_REMOTE_CODE=true if you trust its source"
         )
     placement = for_family(placement, family, dtype_setting=spec.dtype)
-    common: dict[str, Any] = dict(
-        family=family, name=spec.name, max_length=spec.max_length, device=placement.device, dtype=placement.dtype,
-        cache_dir=None if spec.local else str(spec.cache_dir), offline=spec.offline,
-        trust_remote_code=spec.trust_remote_code, instruction=spec.instruction,
-    )
     backend = _backend(spec, family, placement)
     try:
-        if family in ("encoder", "qwen3-seq-cls"):
-            model: ScoringModel = _load_sequence_classifier(spec, backend, placement, common)
-        elif family in ("qwen3", "llm"):
-            from .causal import load_causal_lm
-
-            model = load_causal_lm(spec.source, **common)
-        else:
-            from .layerwise import load_layerwise
-
-            model = load_layerwise(spec.source, **common, cutoff_layer=spec.cutoff_layer,
-                                   compress_ratio=spec.compress_ratio, compress_layers=spec.compress_layers)
+        model: ScoringModel = family.load(spec, family=family, placement=placement, backend=backend)
+    except ModelLoadError:
+        raise
     except Exception as exc:
-        message = f"cannot load {spec.describe()} as a {family} reranker: {exc}".splitlines()[0]
-        if family in _REMOTE_CODE and isinstance(exc, (ImportError, AttributeError)):
+        message = f"cannot load {spec.describe()} as a {family.name} reranker: {exc}".splitlines()[0]
+        if family.remote_code and isinstance(exc, (ImportError, AttributeError)):
             import transformers
 
             # The published layer-wise rerankers' code was written for transformers 4.4x.
@@ -200,5 +132,6 @@ def load_model(spec: ModelSpec, placement: Placement) -> ScoringModel:
     if model.max_length < spec.max_length:
         logger.warning("max_length {} exceeds what {} accepts; using {}", spec.max_length, spec.source, model.max_length)
     if spec.instruction is not None and not model.takes_instruction:
-        logger.warning("{} ({} reranker) takes no instruction; the configured one is not used for it", spec.name, family)
+        logger.warning("{} ({} reranker) takes no instruction; the configured one is not used for it", spec.name,
+                       family.name)
     return model

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Protocol, Sequence
+from itertools import chain
+from typing import Iterable, Literal, Protocol, Sequence
 
 import torch
 
-__all__ = ["EncodeOptions", "Pair", "ScoringModel", "pad", "sigmoid", "windows"]
+__all__ = [
+    "EncodeOptions", "Pair", "Pending", "ScoringModel", "pad", "padded_layout", "scatter_rows", "sigmoid", "to_device", "windows",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +30,8 @@ class Pair:
     # lightweight LLM reranker compresses what lies between them).
     before_doc: int = 0
     after_doc: int = 0
+    # Leading tokens every pair of its request begins with (decoder rerankers compute them once).
+    shared: int = 0
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -86,12 +91,54 @@ class ScoringModel(Protocol):
     def activate(self, raw: float) -> float: ...
 
 
+class Pending:
+    """Raw scores a device is still computing: launched now, collected with ``result()``.
+
+    On CUDA the scores are copied into page-locked host memory behind the computation and an
+    event marks their arrival, so launching returns at once and the only wait is ``result()``
+    (by then the batcher has the next batch queued behind this one). Elsewhere it is a list.
+    """
+
+    __slots__ = ("_event", "_host")
+
+    def __init__(self, raw: torch.Tensor) -> None:
+        raw = raw.float()
+        self._event = None
+        if raw.is_cuda:
+            self._host = torch.empty(raw.shape, dtype=torch.float32, pin_memory=True)
+            self._host.copy_(raw, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._host = raw
+
+    def result(self) -> list[float]:
+        if self._event is not None:
+            self._event.synchronize()
+        return self._host.tolist()  # type: ignore[no-any-return]
+
+
 def sigmoid(x: float) -> float:
     # The two branches keep exp() from overflowing on large logits of either sign.
     if x >= 0:
         return 1.0 / (1.0 + math.exp(-x))
     z = math.exp(x)
     return z / (1.0 + z)
+
+
+def padded_layout(lengths: Sequence[int], *, side: Literal["right", "left"]) -> torch.Tensor:
+    """The (pairs, longest) mask of where a batch's real tokens go, padding on ``side``."""
+    sizes = torch.tensor(lengths, dtype=torch.long)
+    width = int(sizes.max())
+    columns = torch.arange(width)[None, :]
+    return columns < sizes[:, None] if side == "right" else columns >= (width - sizes)[:, None]
+
+
+def scatter_rows(rows: Iterable[Sequence[int]], layout: torch.Tensor, fill: int) -> torch.Tensor:
+    """Rows of ids laid into a padded tensor at ``layout`` (one flat copy, no Python loop per pair)."""
+    out = torch.full(layout.shape, fill, dtype=torch.long)
+    out[layout] = torch.tensor(list(chain.from_iterable(rows)), dtype=torch.long)  # row-major: each row in order
+    return out
 
 
 def pad(batch: Sequence[Pair], pad_id: int, *, side: Literal["right", "left"], device: str) -> dict[str, torch.Tensor]:
@@ -101,15 +148,16 @@ def pad(batch: Sequence[Pair], pad_id: int, *, side: Literal["right", "left"], d
     start at 0 on each pair's first real token, so a padded pair is computed exactly as it would
     be alone.
     """
-    width = max(len(p) for p in batch)
-    rows, masks = [], []
-    for p in batch:
-        fill = [pad_id] * (width - len(p))
-        ones, zeros = [1] * len(p), [0] * (width - len(p))
-        rows.append(p.ids + fill if side == "right" else fill + p.ids)
-        masks.append(ones + zeros if side == "right" else zeros + ones)
-    mask = torch.tensor(masks, dtype=torch.long)
-    out = {"input_ids": torch.tensor(rows, dtype=torch.long), "attention_mask": mask}
+    layout = padded_layout([len(p) for p in batch], side=side)
+    mask = layout.long()
+    out = {"input_ids": scatter_rows((p.ids for p in batch), layout, pad_id), "attention_mask": mask}
     if side == "left":
         out["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
-    return {k: v.to(device) for k, v in out.items()}
+    return {k: to_device(v, device) for k, v in out.items()}
+
+
+def to_device(tensor: torch.Tensor, device: str) -> torch.Tensor:
+    """A host tensor on ``device``; on CUDA through page-locked memory, a copy that does not block."""
+    if device.startswith("cuda"):
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor if device == "cpu" else tensor.to(device)

@@ -11,6 +11,12 @@ Pairs are padded on the left (the last position is each pair's own last token) w
 ids that start at each pair's first token, and only the last position's logits are computed
 (``logits_to_keep=1``): the language-model head over the whole vocabulary is the costliest
 layer of a small LLM, and only one of its rows per pair is needed.
+
+Every pair of a request begins with the same system prompt, instruction and query: with
+RERANKER_SHARE_PREFIX (default on) that prefix is computed once per batch and its keys and
+values reused for each document's suffix (prefix.py). On CUDA (RERANKER_ATTENTION=auto) both
+passes run unpadded, prefixes and suffixes packed, with causal variable-length attention, once
+a start-up self-check agrees with the padded path (choice.py).
 """
 
 from __future__ import annotations
@@ -20,7 +26,13 @@ from typing import Any, Sequence
 
 import torch
 
-from .base import EncodeOptions, Pair, pad, sigmoid
+from ..config import ModelSpec
+from ..device import Placement, sdpa_backends
+from ..families import Family
+from .base import EncodeOptions, Pair, Pending, pad, sigmoid
+from .attention import Kernel, torch_varlen_available
+from .choice import CHECK_DOCUMENTS, compare, plan_attention, settle
+from .prefix import last_hidden, mark_shared, packed_last_hidden
 from .encoder import pad_id_of, window_limit
 from .templates import FLAG_LLM_PROMPT, PromptTemplate, encode_pairs, flag_llm_template, qwen3_template, rust_tokenizer
 
@@ -66,24 +78,83 @@ class PromptedLM:
 class CausalLMReranker(PromptedLM):
     """A causal LM scored by one token's logit (or the difference of two) after its prompt."""
 
-    def __init__(self, model: Any, hf_tokenizer: Any, *, true_id: int, false_id: int | None, **common: Any) -> None:
+    def __init__(self, model: Any, hf_tokenizer: Any, *, true_id: int, false_id: int | None, share_prefix: bool,
+                 **common: Any) -> None:
         super().__init__(model, hf_tokenizer, **common)
         self._true, self._false = true_id, false_id
         self._last_only = "logits_to_keep" in inspect.signature(self._model.forward).parameters
+        # The shared prefix needs the base model and the head apart, and no logit softcapping.
+        decoder = getattr(self._model, "model", None)
+        separable = (decoder is not None and self._model.get_output_embeddings() is not None
+                     and getattr(model.config, "final_logit_softcapping", None) is None)
+        self.share_prefix = bool(share_prefix and separable)
+        self._decoder = decoder
+        # Unpadded (packed, causal varlen) when a kernel is set: see choose_causal_attention.
+        self.kernel: Kernel | None = None
+        self.attention_note = ""
+        self.unpadded_support = None if separable else f"no unpadded path for {type(model).__name__}"
+
+    @property
+    def attention(self) -> str:
+        return "padded" if self.kernel is None else "unpadded"
+
+    @property
+    def padded(self) -> bool:
+        return self.kernel is None
+
+    def encode(self, query: str, documents: Sequence[str], options: EncodeOptions) -> list[Pair]:
+        pairs = super().encode(query, documents, options)
+        return mark_shared(pairs) if self.share_prefix else pairs
 
     @torch.inference_mode()
-    def forward(self, batch: Sequence[Pair]) -> list[float]:
-        inputs = pad(batch, self._pad_id, side="left", device=self.device)
-        extra = {"logits_to_keep": 1} if self._last_only else {}
-        logits = self._model(**inputs, use_cache=False, **extra).logits[:, -1, :].float()
+    def launch(self, batch: Sequence[Pair]) -> Pending:
+        with sdpa_backends(self.device):
+            if self.kernel is not None and min(len(p) for p in batch) > 1:
+                hidden = packed_last_hidden(self._decoder, batch, kernel=self.kernel, device=self.device)
+                logits = self._model.get_output_embeddings()(hidden).float()
+            elif self.share_prefix and any(p.shared for p in batch) and min(len(p) for p in batch) > 1:
+                hidden = last_hidden(self._decoder, batch, pad_id=self._pad_id, device=self.device)
+                logits = self._model.get_output_embeddings()(hidden).float()
+            else:
+                inputs = pad(batch, self._pad_id, side="left", device=self.device)
+                extra = {"logits_to_keep": 1} if self._last_only else {}
+                logits = self._model(**inputs, use_cache=False, **extra).logits[:, -1, :].float()
         raw = logits[:, self._true]
         if self._false is not None:
             raw = raw - logits[:, self._false]
-        return raw.cpu().tolist()
+        return Pending(raw)
+
+    def forward(self, batch: Sequence[Pair]) -> list[float]:
+        return self.launch(batch).result()
 
 
-def load_hf(source: str, *, device: str, dtype: torch.dtype, cache_dir: str | None, offline: bool,
-            trust_remote_code: bool, auto_class: str = "AutoModelForCausalLM") -> tuple[Any, Any]:
+def choose_causal_attention(reranker: CausalLMReranker, *, setting: str) -> None:
+    """RERANKER_ATTENTION for a decoder reranker: packed causal varlen where the plan allows and
+    a warm-up batch (two requests, shared prefixes) scores as the padded path does."""
+    model = reranker._model
+    kernel, why = plan_attention(setting, device=reranker.device, dtype=model.dtype,
+                                 supported=reranker.unpadded_support, varlen_available=torch_varlen_available())
+    if kernel is None:
+        reranker.attention_note = why
+        return
+    options = EncodeOptions(max_length=reranker.max_length)
+    pairs = (reranker.encode("which path scores pairs exactly", CHECK_DOCUMENTS, options)
+             + reranker.encode("and in order", CHECK_DOCUMENTS[:2], options))
+
+    def scores(candidate: Kernel | None) -> torch.Tensor:
+        reranker.kernel = candidate
+        try:
+            return torch.tensor(reranker.forward(pairs))
+        finally:
+            reranker.kernel = None
+
+    failure = compare(lambda: scores(None), lambda: scores(kernel), dtype=model.dtype, device=reranker.device)
+    reranker.attention_note = settle(reranker.name, kernel, failure, required=setting == "unpadded")
+    if failure is None:
+        reranker.kernel = kernel
+
+
+def load_hf(spec: ModelSpec, placement: Placement, *, auto_class: str = "AutoModelForCausalLM") -> tuple[Any, Any]:
     """Model and tokenizer through transformers' Auto classes (hub download, cache, offline).
 
     sentence-transformers' CrossEncoder also loads causal LMs, but insists on "yes"/"no" tokens
@@ -92,30 +163,32 @@ def load_hf(source: str, *, device: str, dtype: torch.dtype, cache_dir: str | No
     """
     import transformers
 
-    common: dict[str, Any] = dict(cache_dir=cache_dir, local_files_only=offline, trust_remote_code=trust_remote_code)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(source, **common)
-    kwargs: dict[str, Any] = dict(common, dtype=dtype)
-    if not trust_remote_code:  # a model's own code may not know the attention implementations
+    common: dict[str, Any] = dict(cache_dir=None if spec.local else str(spec.cache_dir), local_files_only=spec.offline,
+                                  trust_remote_code=spec.trust_remote_code)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(spec.source, **common)
+    kwargs: dict[str, Any] = dict(common, dtype=placement.dtype)
+    if not spec.trust_remote_code:  # a model's own code may not know the attention implementations
         kwargs["attn_implementation"] = "sdpa"
-    model = getattr(transformers, auto_class).from_pretrained(source, **kwargs).to(device)
+    model = getattr(transformers, auto_class).from_pretrained(spec.source, **kwargs).to(placement.device)
     return model, tokenizer
 
 
-def load_causal_lm(source: str, *, family: str, name: str, max_length: int, device: str, dtype: torch.dtype,
-                   cache_dir: str | None, offline: bool, trust_remote_code: bool,
-                   instruction: str | None) -> CausalLMReranker:
-    model, hf_tokenizer = load_hf(source, device=device, dtype=dtype, cache_dir=cache_dir, offline=offline,
-                                  trust_remote_code=trust_remote_code)
+def load_causal_lm(spec: ModelSpec, *, family: Family, placement: Placement, backend: str) -> CausalLMReranker:
+    model, hf_tokenizer = load_hf(spec, placement)
     tokenizer = rust_tokenizer(hf_tokenizer)
-    if family == "qwen3":
-        template = qwen3_template(tokenizer, instruction=instruction)
+    if family.name == "qwen3":
+        template = qwen3_template(tokenizer, instruction=spec.instruction)
         true_id = _token_id(hf_tokenizer, "yes", how="token")
         false_id: int | None = _token_id(hf_tokenizer, "no", how="token")
     else:
-        template = flag_llm_template(tokenizer, bos=flag_bos(hf_tokenizer), prompt=instruction or FLAG_LLM_PROMPT)
+        template = flag_llm_template(tokenizer, bos=flag_bos(hf_tokenizer), prompt=spec.instruction or FLAG_LLM_PROMPT)
         true_id, false_id = _token_id(hf_tokenizer, "Yes", how="text"), None
-    return CausalLMReranker(model, hf_tokenizer, name=name, family=family, max_length=max_length,
-                            template=template, true_id=true_id, false_id=false_id)
+    reranker = CausalLMReranker(model, hf_tokenizer, name=spec.name, family=family.name, max_length=spec.max_length,
+                                template=template, true_id=true_id, false_id=false_id,
+                                share_prefix=family.shares_prefix and spec.share_prefix)
+    if family.unpadded:
+        choose_causal_attention(reranker, setting=spec.attention)
+    return reranker
 
 
 def flag_bos(hf_tokenizer: Any) -> int | None:

@@ -15,20 +15,26 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
+from loguru import logger
 
-from .base import EncodeOptions, Pair, pad, sigmoid
+from ..config import ModelSpec
+from ..device import Placement
+from ..families import Family
+from .attention import Kernel, torch_varlen_available
+from .choice import CHECK_DOCUMENTS, compare, plan_attention, settle
+from .base import EncodeOptions, Pair, Pending, sigmoid
+from .runners import POSITION_OFFSET_MODELS, Feed, PaddedRunner, Runner, UnpaddedRunner, unpadded_head
 from .templates import PairTemplate, PromptTemplate, encode_pairs, qwen3_template, rust_tokenizer
 
-__all__ = ["SequenceClassificationReranker", "load_sequence_classifier", "window_limit"]
-
-# Position tables of RoBERTa-style models start after the padding index.
-_POSITION_OFFSET_MODELS = {"roberta", "xlm-roberta", "camembert", "xlm-roberta-xl", "longformer"}
+__all__ = [
+    "SequenceClassificationReranker", "apply_attention", "choose_attention", "load_sequence_classifier", "window_limit",
+]
 
 
 def window_limit(config: Any, hf_tokenizer: Any, requested: int) -> int:
     """Most tokens per pair: the setting, capped by the model's positions and the tokenizer's limit."""
     limit = int(getattr(config, "max_position_embeddings", requested) or requested)
-    if config.model_type in _POSITION_OFFSET_MODELS:
+    if config.model_type in POSITION_OFFSET_MODELS:
         limit -= int(config.pad_token_id or 0) + 1
     tok_limit = getattr(hf_tokenizer, "model_max_length", None)
     if isinstance(tok_limit, int) and 0 < tok_limit < 1_000_000:
@@ -43,84 +49,122 @@ def pad_id_of(hf_tokenizer: Any, config: Any) -> int:
     return 0
 
 
+def feed_of(model: Any, hf_tokenizer: Any, template: PairTemplate | PromptTemplate) -> Feed:
+    config = model.config
+    pad_id = pad_id_of(hf_tokenizer, config)
+    if getattr(config, "pad_token_id", None) is None:
+        # Decoder classifiers pool at the last non-padding token, which they find by this id.
+        config.pad_token_id = pad_id
+    offset = int(config.pad_token_id) if config.model_type in POSITION_OFFSET_MODELS else None
+    return Feed(pad_id, isinstance(template, PairTemplate) and template.with_types, position_padding_idx=offset)
+
+
 class SequenceClassificationReranker:
-    """A loaded ``*ForSequenceClassification`` model and the template that feeds it."""
+    """A ``*ForSequenceClassification`` model's template and labels, and the runner that computes it."""
 
-    backend = "torch"
-
-    def __init__(self, model: Any, hf_tokenizer: Any, *, name: str, family: str, max_length: int,
+    def __init__(self, runner: Runner, config: Any, hf_tokenizer: Any, *, name: str, family: str, max_length: int,
                  template: PairTemplate | PromptTemplate) -> None:
-        self._model = model.eval()
+        self.runner = runner
         self.name = name
         self.family = family
-        self.device = str(self._model.device)
-        self.dtype_name = str(self._model.dtype).removeprefix("torch.")
-        config = self._model.config
         self.num_labels = int(config.num_labels)
         if self.num_labels not in (1, 2):
             raise ValueError(f"{self.num_labels} labels: a reranker has one relevance logit (or two: no/yes)")
         self.template = template
         self.takes_instruction = isinstance(template, PromptTemplate)
-        self._with_types = isinstance(template, PairTemplate) and template.with_types
-        self._pad_id = pad_id_of(hf_tokenizer, config)
-        if getattr(config, "pad_token_id", None) is None:
-            # Decoder classifiers pool at the last non-padding token, which they find by this id.
-            config.pad_token_id = self._pad_id
         self.max_length = window_limit(config, hf_tokenizer, max_length)
+        self.attention_note = ""  # why this attention path (start-up self-check, setting, device)
 
-    def to(self, dtype: torch.dtype) -> SequenceClassificationReranker:
-        self._model = self._model.to(dtype)
-        self.dtype_name = str(dtype).removeprefix("torch.")
-        return self
+    @property
+    def runner(self) -> Runner:
+        return self._runner
+
+    @runner.setter
+    def runner(self, runner: Runner) -> None:
+        # What runs it, as /info and the batcher see it: the runner's, copied when it changes.
+        self._runner = runner
+        self.backend, self.attention, self.padded = runner.backend, runner.attention, runner.padded
+        self.device, self.dtype_name = runner.device, runner.dtype_name
 
     def encode(self, query: str, documents: Sequence[str], options: EncodeOptions) -> list[Pair]:
         return encode_pairs(self.template, query, documents, options)
 
-    def inputs(self, batch: Sequence[Pair]) -> dict[str, torch.Tensor]:
-        """The padded model inputs of a batch (token types too, for models that have them)."""
-        inputs = pad(batch, self._pad_id, side="right", device=self.device)
-        if self._with_types:
-            width = inputs["input_ids"].shape[1]
-            types = [(p.type_ids or []) + [0] * (width - len(p)) for p in batch]
-            inputs["token_type_ids"] = torch.tensor(types, dtype=torch.long, device=self.device)
-        return inputs
-
-    def raw_scores(self, logits: torch.Tensor) -> list[float]:
+    def raw_scores(self, logits: torch.Tensor) -> torch.Tensor:
         """One raw score per pair from the classifier's logits (two labels: their difference)."""
         logits = logits.float()
-        raw = logits[:, 0] if self.num_labels == 1 else logits[:, 1] - logits[:, 0]
-        return raw.cpu().tolist()
+        return logits[:, 0] if self.num_labels == 1 else logits[:, 1] - logits[:, 0]
 
     @torch.inference_mode()
+    def launch(self, batch: Sequence[Pair]) -> Pending:
+        return Pending(self.raw_scores(self.runner.logits(batch)))
+
     def forward(self, batch: Sequence[Pair]) -> list[float]:
-        return self.raw_scores(self._model(**self.inputs(batch)).logits)
+        return self.launch(batch).result()
 
     def activate(self, raw: float) -> float:
         # One label: sigmoid(logit). Two labels: softmax(...)[1] == sigmoid(l1 - l0).
         return sigmoid(raw)
 
 
-def load_sequence_classifier(source: str, *, family: str, name: str, max_length: int, device: str,
-                             dtype: torch.dtype, cache_dir: str | None, offline: bool, trust_remote_code: bool,
-                             instruction: str | None) -> SequenceClassificationReranker:
+def apply_attention(reranker: SequenceClassificationReranker, model: Any, feed: Feed, *, kernel: Kernel,
+                    required: bool) -> None:
+    """Serve unpadded with ``kernel`` if it passes the self-check; else padded (or, if required, fail)."""
+    candidate = UnpaddedRunner(model, feed, kernel=kernel)
+    padded = PaddedRunner(model, feed)
+    pairs = reranker.encode("which path scores pairs exactly", CHECK_DOCUMENTS,
+                            EncodeOptions(max_length=reranker.max_length))
+    failure = compare(lambda: padded.logits(pairs), lambda: candidate.logits(pairs), dtype=model.dtype,
+                      device=candidate.device)
+    reranker.attention_note = settle(reranker.name, kernel, failure, required=required)
+    if failure is None:
+        reranker.runner = candidate
+
+
+def choose_attention(reranker: SequenceClassificationReranker, model: Any, feed: Feed, *, setting: str) -> None:
+    """RERANKER_ATTENTION for a torch reranker: plan, then prove the unpadded path before it serves."""
+    found = unpadded_head(model)
+    kernel, why = plan_attention(setting, device=str(model.device), dtype=model.dtype,
+                                 supported=found if isinstance(found, str) else None,
+                                 varlen_available=torch_varlen_available())
+    if kernel is None:
+        reranker.attention_note = why
+        if setting == "auto" and str(model.device).startswith("cuda"):
+            logger.info("{}: serving padded attention ({})", reranker.name, why)
+        return
+    apply_attention(reranker, model, feed, kernel=kernel, required=setting == "unpadded")
+
+
+def load_sequence_classifier(spec: ModelSpec, *, family: Family, placement: Placement,
+                             backend: str) -> SequenceClassificationReranker:
     # Imported here, not at module import: importing sentence-transformers costs seconds, and
     # tests and `--help` should not pay for it.
     from sentence_transformers import CrossEncoder
 
+    # OpenVINO converts from float32 weights and compiles them in the placement's precision.
+    dtype = torch.float32 if backend == "openvino" else placement.dtype
     cross_encoder = CrossEncoder(
-        source,
-        device=device,
-        cache_folder=cache_dir,
-        local_files_only=offline,
-        trust_remote_code=trust_remote_code,
-        max_length=max_length,
+        spec.source,
+        device=placement.device,
+        cache_folder=None if spec.local else str(spec.cache_dir),
+        local_files_only=spec.offline,
+        trust_remote_code=spec.trust_remote_code,
+        max_length=spec.max_length,
         model_kwargs={"dtype": dtype, "attn_implementation": "sdpa"},
     )
     hf_tokenizer = cross_encoder.tokenizer
     tokenizer = rust_tokenizer(hf_tokenizer)
-    if family == "qwen3-seq-cls":
-        template: PairTemplate | PromptTemplate = qwen3_template(tokenizer, instruction=instruction)
+    if family.name == "qwen3-seq-cls":
+        template: PairTemplate | PromptTemplate = qwen3_template(tokenizer, instruction=spec.instruction)
     else:
         template = PairTemplate(tokenizer, with_types="token_type_ids" in getattr(hf_tokenizer, "model_input_names", ()))
-    return SequenceClassificationReranker(cross_encoder.model, hf_tokenizer, name=name, family=family,
-                                          max_length=max_length, template=template)
+    model = cross_encoder.model
+    feed = feed_of(model, hf_tokenizer, template)
+    reranker = SequenceClassificationReranker(PaddedRunner(model, feed), model.config, hf_tokenizer, name=spec.name,
+                                              family=family.name, max_length=spec.max_length, template=template)
+    if backend == "openvino":
+        from .openvino import use_openvino
+
+        use_openvino(reranker, model, feed, spec=spec, dtype=placement.dtype)
+    elif family.unpadded:
+        choose_attention(reranker, model, feed, setting=spec.attention)
+    return reranker

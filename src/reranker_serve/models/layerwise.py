@@ -18,6 +18,9 @@ from typing import Any, Sequence
 
 import torch
 
+from ..config import ModelSpec
+from ..device import Placement
+from ..families import Family
 from .base import Pair, pad
 from .causal import PromptedLM, flag_bos, load_hf
 from .templates import FLAG_LIGHTWEIGHT_PROMPT, FLAG_LLM_PROMPT, flag_llm_template, rust_tokenizer
@@ -26,18 +29,19 @@ __all__ = ["LayerwiseReranker", "load_layerwise"]
 
 
 class LayerwiseReranker(PromptedLM):
-    def __init__(self, model: Any, hf_tokenizer: Any, *, cutoff_layer: int | None, compress_ratio: int,
-                 compress_layers: Sequence[int], **common: Any) -> None:
+    def __init__(self, model: Any, hf_tokenizer: Any, *, cutoff_layer: int | None, compress: bool,
+                 compress_ratio: int, compress_layers: Sequence[int], **common: Any) -> None:
         super().__init__(model, hf_tokenizer, **common)
+        self._compress = compress
         self._kwargs: dict[str, Any] = {"output_hidden_states": True}
         if cutoff_layer is not None:
             self._kwargs["cutoff_layers"] = [cutoff_layer]
-        if self.family == "lightweight":
+        if compress:
             self._kwargs.update(compress_ratio=compress_ratio, compress_layer=list(compress_layers))
 
     @torch.inference_mode()
     def forward(self, batch: Sequence[Pair]) -> list[float]:
-        if self.family == "lightweight":
+        if self._compress:
             # Compression finds the passage by lengths counted from the start: right padding.
             inputs = pad(batch, self._pad_id, side="right", device=self.device)
             out = self._model(**inputs, **self._kwargs, query_lengths=[p.before_doc for p in batch],
@@ -53,12 +57,11 @@ class LayerwiseReranker(PromptedLM):
         return raw.float().cpu().tolist()
 
 
-def load_layerwise(source: str, *, family: str, name: str, max_length: int, device: str, dtype: torch.dtype,
-                   cache_dir: str | None, offline: bool, trust_remote_code: bool, instruction: str | None,
-                   cutoff_layer: int | None, compress_ratio: int, compress_layers: Sequence[int]) -> LayerwiseReranker:
-    model, hf_tokenizer = load_hf(source, device=device, dtype=dtype, cache_dir=cache_dir, offline=offline,
-                                  trust_remote_code=trust_remote_code)
-    default = FLAG_LIGHTWEIGHT_PROMPT if family == "lightweight" else FLAG_LLM_PROMPT
-    template = flag_llm_template(rust_tokenizer(hf_tokenizer), bos=flag_bos(hf_tokenizer), prompt=instruction or default)
-    return LayerwiseReranker(model, hf_tokenizer, name=name, family=family, max_length=max_length, template=template,
-                             cutoff_layer=cutoff_layer, compress_ratio=compress_ratio, compress_layers=compress_layers)
+def load_layerwise(spec: ModelSpec, *, family: Family, placement: Placement, backend: str) -> LayerwiseReranker:
+    model, hf_tokenizer = load_hf(spec, placement)
+    default = FLAG_LIGHTWEIGHT_PROMPT if family.compresses else FLAG_LLM_PROMPT
+    template = flag_llm_template(rust_tokenizer(hf_tokenizer), bos=flag_bos(hf_tokenizer),
+                                 prompt=spec.instruction or default)
+    return LayerwiseReranker(model, hf_tokenizer, name=spec.name, family=family.name, max_length=spec.max_length,
+                             template=template, cutoff_layer=spec.cutoff_layer, compress=family.compresses,
+                             compress_ratio=spec.compress_ratio, compress_layers=spec.compress_layers)

@@ -1,7 +1,7 @@
 """OpenVINO runtime for cross-encoders on the CPU (RERANKER_BACKEND=auto|openvino).
 
 The same model, tokenization and scores as the torch path (encoder.py), with the forward pass
-run by OpenVINO: converted once at start-up from the loaded transformers model, compiled for
+run by OpenVINO (a ``Runner`` the reranker holds): converted once at start-up from the loaded transformers model, compiled for
 the CPU in the placement's precision (bf16 where the CPU has bf16 hardware, else f32). On a
 2-core AVX512-BF16 machine it ran bge-reranker-base 1.4x faster than torch bf16 at the same
 drift, mostly from fused attention (docs/benchmarks.md).
@@ -23,10 +23,12 @@ from typing import Any, Sequence
 import torch
 from loguru import logger
 
+from ..config import ModelSpec
 from .base import Pair
 from .encoder import SequenceClassificationReranker
+from .runners import Feed, PaddedRunner, Runner, padded_inputs
 
-__all__ = ["OpenVINOReranker", "openvino_available", "to_openvino"]
+__all__ = ["OpenVINORunner", "openvino_available", "to_openvino", "use_openvino"]
 
 _PRECISION = {torch.bfloat16: "bf16", torch.float16: "f16", torch.float32: "f32"}
 
@@ -55,41 +57,38 @@ def openvino_available() -> bool:
     return True
 
 
-class OpenVINOReranker(SequenceClassificationReranker):
-    """A sequence classifier whose forward pass is an OpenVINO compiled model."""
+class OpenVINORunner(Runner):
+    """The padded inputs of a batch through an OpenVINO compiled model (one infer request)."""
 
     backend = "openvino"
 
-    def __init__(self, torch_reranker: SequenceClassificationReranker, compiled: Any, *, dtype: torch.dtype) -> None:
-        # Everything but the forward pass (template, labels, limits) is the torch reranker's.
-        self.__dict__.update(torch_reranker.__dict__)
-        self._model = None  # the torch weights are not needed any more
+    def __init__(self, compiled: Any, feed: Feed, *, dtype: torch.dtype) -> None:
         self._request = compiled.create_infer_request()
         self._inputs = {port.get_any_name() for port in compiled.inputs}
+        self.feed = feed
         self.device = "cpu"
-        self.dtype_name = str(dtype).removeprefix("torch.")
+        self.dtype = dtype
 
-    def forward(self, batch: Sequence[Pair]) -> list[float]:
-        inputs = {name: tensor.numpy() for name, tensor in self.inputs(batch).items() if name in self._inputs}
-        return self.raw_scores(torch.from_numpy(self._request.infer(inputs)[0]))
+    def logits(self, batch: Sequence[Pair]) -> torch.Tensor:
+        inputs = padded_inputs(batch, self.feed, device="cpu")
+        return torch.from_numpy(self._request.infer({k: v.numpy() for k, v in inputs.items() if k in self._inputs})[0])
 
 
-def to_openvino(reranker: SequenceClassificationReranker, *, dtype: torch.dtype, threads: int) -> OpenVINOReranker:
+def to_openvino(model: Any, feed: Feed, *, dtype: torch.dtype, threads: int, name: str) -> OpenVINORunner:
     """Convert a loaded (float32) torch sequence classifier and compile it for the CPU."""
     ov = _openvino()
-    model = reranker._model
     started = time.perf_counter()
     # A padded example: an all-ones mask lets transformers trace a graph that drops the mask.
     mask = torch.ones((2, 8), dtype=torch.long)
     mask[1, 5:] = 0
     example = {"input_ids": torch.ones((2, 8), dtype=torch.long), "attention_mask": mask}
-    if reranker._with_types:
+    if feed.with_types:
         example["token_type_ids"] = torch.zeros((2, 8), dtype=torch.long)
     # Tracing warns that shape checks become constants; they hold for every padded batch we send.
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         converted = ov.convert_model(
-            model, example_input=example, input=[(name, [-1, -1], ov.Type.i64) for name in example]
+            model, example_input=example, input=[(key, [-1, -1], ov.Type.i64) for key in example]
         )
     config = {
         "INFERENCE_PRECISION_HINT": _PRECISION.get(dtype, "f32"),
@@ -98,6 +97,21 @@ def to_openvino(reranker: SequenceClassificationReranker, *, dtype: torch.dtype,
         "INFERENCE_NUM_THREADS": str(threads),
     }
     compiled = ov.Core().compile_model(converted, "CPU", config)
-    logger.info("converted {} to OpenVINO ({}) in {:.1f} s", reranker.name, config["INFERENCE_PRECISION_HINT"],
+    logger.info("converted {} to OpenVINO ({}) in {:.1f} s", name, config["INFERENCE_PRECISION_HINT"],
                 time.perf_counter() - started)
-    return OpenVINOReranker(reranker, compiled, dtype=dtype)
+    return OpenVINORunner(compiled, feed, dtype=dtype)
+
+
+def use_openvino(reranker: SequenceClassificationReranker, model: Any, feed: Feed, *, spec: ModelSpec,
+                 dtype: torch.dtype) -> None:
+    """Give ``reranker`` an OpenVINO runner; with RERANKER_BACKEND=auto, torch where conversion fails."""
+    try:
+        reranker.runner = to_openvino(model, feed, dtype=dtype, threads=torch.get_num_threads(), name=spec.name)
+        reranker.attention_note = "padded (OpenVINO)"
+    except Exception as exc:
+        if spec.backend == "openvino":
+            raise
+        # auto: a model OpenVINO cannot convert still serves, through torch.
+        logger.warning("OpenVINO could not convert {} ({}); serving it with torch", spec.name,
+                       str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        reranker.runner = PaddedRunner(model.to(dtype), feed)
