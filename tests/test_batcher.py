@@ -272,3 +272,84 @@ async def test_a_pipelined_failure_fails_only_its_batch_and_oom_splits():
     batcher.max_batch_size = 4
     assert (await batcher.submit(big, timeout=30)).scores == [fake_score(p) for p in big]
     batcher.close()
+
+
+# -- priorities ------------------------------------------------------------------------------------
+def _pairs(n: int, token: int) -> list:
+    return [Pair([token] * 4, doc=i) for i in range(n)]
+
+
+def test_interactive_pairs_go_before_a_batch_flood():
+    model = FakeModel(delay=0.01)
+    model.gate.clear()  # hold the first batch until everything is queued
+    batcher = Batcher(model.forward, max_batch_tokens=1000, max_batch_size=2, max_queue=100)
+    batcher.start()
+
+    async def scenario() -> list[str]:
+        finished: list[str] = []
+
+        async def run(name: str, pairs: list, priority: str) -> None:
+            await batcher.submit(pairs, priority=priority)
+            finished.append(name)
+
+        flood = asyncio.ensure_future(run("batch", _pairs(12, 7), "batch"))
+        await asyncio.sleep(0.05)  # the flood is admitted and its first batch is held in forward()
+        chat = asyncio.ensure_future(run("interactive", _pairs(2, 9), "interactive"))
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        await asyncio.gather(flood, chat)
+        return finished
+
+    try:
+        finished = asyncio.run(scenario())
+    finally:
+        batcher.close()
+    assert finished == ["interactive", "batch"]
+    # The interactive pairs rode in the second batch, right after the one already in flight.
+    assert [p.ids[0] for p in model.batches[1]] == [9, 9]
+
+
+def test_batch_work_that_waited_long_enough_is_served_first():
+    model = FakeModel()
+    model.gate.clear()
+    batcher = Batcher(model.forward, max_batch_tokens=1000, max_batch_size=2, max_queue=100, batch_max_wait=0.05)
+    batcher.start()
+
+    async def scenario() -> None:
+        first = asyncio.ensure_future(batcher.submit(_pairs(1, 1), priority="interactive"))  # held in forward()
+        await asyncio.sleep(0.02)
+        old = asyncio.ensure_future(batcher.submit(_pairs(2, 7), priority="batch"))
+        await asyncio.sleep(0.1)  # older than batch_max_wait now
+        new = asyncio.ensure_future(batcher.submit(_pairs(2, 9), priority="interactive"))
+        await asyncio.sleep(0.02)
+        model.gate.set()
+        await asyncio.gather(first, old, new)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        batcher.close()
+    assert [p.ids[0] for p in model.batches[1]] == [7, 7]  # aged batch work went before the new request
+
+
+def test_batch_work_cannot_fill_the_room_kept_for_interactive_requests():
+    model = FakeModel()
+    model.gate.clear()
+    batcher = Batcher(model.forward, max_batch_tokens=1000, max_batch_size=2, max_queue=20, batch_queue_share=0.5)
+    batcher.start()
+
+    async def scenario() -> None:
+        held = asyncio.ensure_future(batcher.submit(_pairs(8, 7), priority="batch"))
+        await asyncio.sleep(0.05)
+        with pytest.raises(RerankError) as refused:
+            await batcher.submit(_pairs(4, 7), priority="batch")  # 8 + 4 > 10 kept for batch work
+        assert refused.value.kind is ErrorKind.OVERLOADED and "batch work may fill 10 of the 20" in refused.value.message
+        chat = asyncio.ensure_future(batcher.submit(_pairs(4, 9), priority="interactive"))  # fits the rest
+        await asyncio.sleep(0.02)
+        model.gate.set()
+        await asyncio.gather(held, chat)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        batcher.close()

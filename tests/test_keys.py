@@ -142,3 +142,35 @@ def test_limits_hold_across_the_worker_processes(tmp_path, tiny_model):
     assert len(workers) == 2, "the requests did not reach both workers"
     # Without a shared bucket each worker would admit its own 3.
     assert sorted(statuses) == [200] * 3 + [429] * 9, statuses
+
+
+def test_a_keys_batch_priority_lets_interactive_requests_pass_its_flood(tiny_model):
+    """Over HTTP, with a slow fake model: the nightly key's flood (priority batch by default)
+    is overtaken by the chat key's request (interactive)."""
+    import threading
+
+    from reranker_serve.app import create_app
+    from reranker_serve.engine import Engine
+    from conftest import RunningServer, settings_for
+    from fakes import FakeModel
+
+    settings = settings_for(tiny_model, api_keys=json.dumps({"nightly": {"key": NIGHTLY, "priority": "batch"},
+                                                             "chat": CHAT}), batch_size=2)
+    model = FakeModel(delay=0.05)
+    srv = RunningServer(create_app(settings, engines=[Engine(model, settings)]))
+    finished: list[str] = []
+
+    def post(name: str, key: str, docs: list[str]) -> None:
+        r = httpx.post(f"{srv.url}/rerank", json={"query": "q", "documents": docs}, headers=bearer(key), timeout=60)
+        assert r.status_code == 200
+        finished.append(name)
+
+    try:
+        flood = threading.Thread(target=post, args=("nightly", NIGHTLY, ["7 7 7"] * 40))
+        flood.start()
+        time.sleep(0.3)  # the flood is queued and being served, two pairs a batch
+        post("chat", CHAT, ["9 9 9"] * 2)
+        flood.join(60)
+    finally:
+        srv.stop()
+    assert finished == ["chat", "nightly"]

@@ -6,11 +6,19 @@ Why this shape (measured in docs/benchmarks.md): on CPU most of the throughput c
 and (3) letting concurrent requests fill each other's batches. The event loop never runs the
 model; it only admits work (or answers 429 when the queue is full) and awaits a future.
 
-Batch selection: the oldest waiting request seeds each batch with its longest remaining pair
-(length L), so no request waits behind an endless stream of newer ones; the batch is then filled
-with the longest waiting pairs of length <= L from any request, while (pairs x L) stays within
-``max_batch_tokens`` and the pair count within ``max_batch_size``. For a model that runs
-unpadded (packed tokens, variable-length attention) the budget counts real tokens instead.
+Batch selection: the oldest waiting request of the most urgent class seeds each batch with its
+longest remaining pair (length L), so no request waits behind an endless stream of newer ones;
+the batch is then filled with waiting pairs of length <= L from any request, the urgent class
+first and the longest first within a class, while (pairs x L) stays within ``max_batch_tokens``
+and the pair count within ``max_batch_size``. For a model that runs unpadded (packed tokens,
+variable-length attention) the budget counts real tokens instead.
+
+Priorities: a request is ``interactive`` (the default) or ``batch``. Interactive pairs go first,
+so under a batch flood an interactive request waits for at most the batch in flight plus its
+own. A batch request that has waited ``batch_max_wait`` seconds counts as interactive (age
+raises priority, so batch work is never starved), and batch work may fill only
+``batch_queue_share`` of the queue, which keeps room for interactive requests (a 429 for the
+flood, not for the chat user).
 """
 
 from __future__ import annotations
@@ -60,6 +68,7 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Scored]
     seq: int
+    batch: bool = False  # X-Priority: batch (or its key's default)
     admitted: float = field(default_factory=time.perf_counter)
     remaining: set[int] = field(default_factory=set)
     scores: list[float] = field(default_factory=list)
@@ -103,6 +112,8 @@ class Batcher:
         padded: bool = True,
         launch: Launch | None = None,
         depth: int = 1,
+        batch_max_wait: float = 10.0,
+        batch_queue_share: float = 0.75,
     ) -> None:
         self._forward = forward
         # launch: start a batch on the device and return at once (scores collected later);
@@ -115,6 +126,8 @@ class Batcher:
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
         self._batch_wait = batch_wait
+        self.batch_max_wait = batch_max_wait
+        self.batch_queue_share = batch_queue_share
         self._is_oom = is_oom
         # Told (pairs, padded tokens) of every forward pass; the app points it at its metrics.
         self.on_batch: Callable[[int, int], None] | None = None
@@ -147,8 +160,9 @@ class Batcher:
         return self._queued
 
     # -- admission (event loop) ------------------------------------------------------------------
-    async def submit(self, pairs: Sequence[Pair], *, timeout: float | None = None) -> Scored:
+    async def submit(self, pairs: Sequence[Pair], *, timeout: float | None = None, priority: str = "interactive") -> Scored:
         """Score ``pairs``; raises RerankError OVERLOADED (429), TIMEOUT (504) or BACKEND (503)."""
+        batch = priority == "batch"
         loop = asyncio.get_running_loop()
         if not pairs:
             return Scored([], 0.0, 0.0)
@@ -168,18 +182,29 @@ class Batcher:
                     f"{len(pairs)} (queue limit {self.max_queue}); retry later",
                     retry_after=self._retry_after(),
                 )
-            # Admit only what can finish in time: a request that would sit in the queue past its
-            # deadline costs compute and still fails (504). Refusing it now keeps goodput up.
-            rate = self._pairs_per_s
-            if timeout is not None and rate > 0 and self._queued > 0 and (self._queued + len(pairs)) / rate > timeout:
+            share = int(self.max_queue * self.batch_queue_share)
+            if batch and self._queued > 0 and self._queued + len(pairs) > share:
+                # The rest of the queue is kept for interactive requests.
                 raise RerankError(
                     ErrorKind.OVERLOADED,
-                    f"the server is busy: the {self._queued} pairs ahead of this request need about "
-                    f"{self._queued / rate:.1f} s, more than the {timeout:g} s request timeout; retry later",
+                    f"the server is busy: batch work may fill {share} of the {self.max_queue} queued pairs "
+                    f"({self._queued} are waiting, this request adds {len(pairs)}); retry later",
+                    retry_after=self._retry_after(),
+                )
+            # Admit only what can finish in time: a request that would sit in the queue past its
+            # deadline costs compute and still fails (504). Refusing it now keeps goodput up. An
+            # interactive request waits only for the interactive pairs ahead of it.
+            rate = self._pairs_per_s
+            ahead = self._queued if batch else sum(len(j.remaining) for j in self._jobs if not j.batch)
+            if timeout is not None and rate > 0 and ahead > 0 and (ahead + len(pairs)) / rate > timeout:
+                raise RerankError(
+                    ErrorKind.OVERLOADED,
+                    f"the server is busy: the {ahead} pairs ahead of this request need about "
+                    f"{ahead / rate:.1f} s, more than the {timeout:g} s request timeout; retry later",
                     retry_after=self._retry_after(),
                 )
             self._seq += 1
-            job = _Job(pairs, loop, loop.create_future(), self._seq)
+            job = _Job(pairs, loop, loop.create_future(), self._seq, batch)
             self._jobs.append(job)
             self._queued += len(pairs)
             self._cond.notify()
@@ -240,19 +265,23 @@ class Batcher:
         self._jobs = live
         if not live:
             return []
-        seed = live[0]
+        # 0: interactive, or batch work that has waited long enough; 1: batch.
+        aged = time.perf_counter() - self.batch_max_wait
+        urgency = {id(job): int(job.batch and job.admitted > aged) for job in live}
+        seed = min(live, key=lambda job: (urgency[id(job)], job.seq))
         width = max(len(seed.pairs[i]) for i in seed.remaining)
         candidates = sorted(
-            ((len(job.pairs[i]), -job.seq, i, job) for job in live for i in job.remaining if len(job.pairs[i]) <= width),
-            key=lambda c: (c[0], c[1]),
+            ((-urgency[id(job)], len(job.pairs[i]), -job.seq, i, job)
+             for job in live for i in job.remaining if len(job.pairs[i]) <= width),
+            key=lambda c: (c[0], c[1], c[2]),
             reverse=True,
         )
         if self.padded:
             cap = max(1, min(self.max_batch_size, self.max_batch_tokens // max(width, 1)))
         else:
-            lengths = list(accumulate(c[0] for c in candidates[: self.max_batch_size]))
+            lengths = list(accumulate(c[1] for c in candidates[: self.max_batch_size]))
             cap = max(1, bisect_right(lengths, self.max_batch_tokens))
-        batch = [(job, i) for _, _, i, job in candidates[:cap]]
+        batch = [(job, i) for _, _, _, i, job in candidates[:cap]]
         for job, i in batch:
             job.remaining.discard(i)
         # Jobs with nothing left to schedule leave the queue; their in-flight pairs settle them.

@@ -254,6 +254,13 @@ class Settings(BaseSettings):
     batch_wait_ms: float = Field(
         0.0, ge=0, le=1000, description="Extra wait for more pairs when a batch is not full (0: none)."
     )
+    batch_max_wait: float = Field(
+        10.0, gt=0, description="Seconds after which a batch-priority request is served like an interactive one."
+    )
+    batch_queue_share: float = Field(
+        0.75, gt=0, le=1, description="Share of MAX_QUEUE that batch-priority work may fill; the rest is kept for "
+        "interactive requests."
+    )
     shutdown_timeout: float = Field(
         30.0, gt=0, description="Seconds in-flight requests get to finish after SIGTERM."
     )

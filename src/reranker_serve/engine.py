@@ -91,6 +91,8 @@ class Engine:
             max_queue=self.spec.max_queue,
             batch_wait=settings.batch_wait_ms / 1000.0,
             is_oom=_is_oom,
+            batch_max_wait=settings.batch_max_wait,
+            batch_queue_share=settings.batch_queue_share,
         )
 
     @classmethod
@@ -157,13 +159,14 @@ class Engine:
         values.update(overrides)
         return EncodeOptions(**values)  # type: ignore[arg-type]
 
-    async def score(self, query: str, documents: Sequence[str], options: EncodeOptions) -> EngineScores:
+    async def score(self, query: str, documents: Sequence[str], options: EncodeOptions, *,
+                    priority: str = "interactive") -> EngineScores:
         if len(query) + sum(len(d) for d in documents) <= _INLINE_TOKENIZE_CHARS:
             # A few short texts tokenize in tens of microseconds: less than the hop to a thread.
             pairs = self.model.encode(query, documents, options)
         else:
             pairs = await anyio.to_thread.run_sync(self.model.encode, query, documents, options)
-        scored = await self.batcher.submit(pairs, timeout=self.settings.request_timeout)
+        scored = await self.batcher.submit(pairs, timeout=self.settings.request_timeout, priority=priority)
         # A chunked document scores as its best window (the activation is monotonic, so the
         # best logit is the best score).
         raw = [-math.inf] * len(documents)

@@ -99,7 +99,7 @@ class Reranker:
         if q.max_chunks_per_doc is not None:
             overrides["max_chunks"] = q.max_chunks_per_doc
         options = engine.encode_options(**overrides)
-        scored = await engine.score(q.query, q.documents, options)
+        scored = await engine.score(q.query, q.documents, options, priority=q.priority)
         self.metrics.observe_request(model.name, documents=n, tokens=scored.tokens, queue_time=scored.queue_time,
                                      inference_time=scored.inference_time)
         raw = scored.raw
