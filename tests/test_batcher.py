@@ -279,11 +279,24 @@ def _pairs(n: int, token: int) -> list:
     return [Pair([token] * 4, doc=i) for i in range(n)]
 
 
+def _held(model: FakeModel, **options: object) -> Batcher:
+    """A started batcher of two-pair batches whose first forward pass waits for model.gate."""
+    model.gate.clear()
+    batcher = Batcher(model.forward, **{"max_batch_tokens": 1000, "max_batch_size": 2, "max_queue": 100, **options})
+    batcher.start()
+    return batcher
+
+
+def _run(batcher: Batcher, scenario) -> object:
+    try:
+        return asyncio.run(scenario())
+    finally:
+        batcher.close()
+
+
 def test_interactive_pairs_go_before_a_batch_flood():
     model = FakeModel(delay=0.01)
-    model.gate.clear()  # hold the first batch until everything is queued
-    batcher = Batcher(model.forward, max_batch_tokens=1000, max_batch_size=2, max_queue=100)
-    batcher.start()
+    batcher = _held(model)  # the first batch waits until everything is queued
 
     async def scenario() -> list[str]:
         finished: list[str] = []
@@ -300,10 +313,7 @@ def test_interactive_pairs_go_before_a_batch_flood():
         await asyncio.gather(flood, chat)
         return finished
 
-    try:
-        finished = asyncio.run(scenario())
-    finally:
-        batcher.close()
+    finished = _run(batcher, scenario)
     assert finished == ["interactive", "batch"]
     # The interactive pairs rode in the second batch, right after the one already in flight.
     assert [p.ids[0] for p in model.batches[1]] == [9, 9]
@@ -311,9 +321,7 @@ def test_interactive_pairs_go_before_a_batch_flood():
 
 def test_batch_work_that_waited_long_enough_is_served_first():
     model = FakeModel()
-    model.gate.clear()
-    batcher = Batcher(model.forward, max_batch_tokens=1000, max_batch_size=2, max_queue=100, batch_max_wait=0.05)
-    batcher.start()
+    batcher = _held(model, batch_max_wait=0.05)
 
     async def scenario() -> None:
         first = asyncio.ensure_future(batcher.submit(_pairs(1, 1), priority="interactive"))  # held in forward()
@@ -325,18 +333,13 @@ def test_batch_work_that_waited_long_enough_is_served_first():
         model.gate.set()
         await asyncio.gather(first, old, new)
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        batcher.close()
+    _run(batcher, scenario)
     assert [p.ids[0] for p in model.batches[1]] == [7, 7]  # aged batch work went before the new request
 
 
 def test_batch_work_cannot_fill_the_room_kept_for_interactive_requests():
     model = FakeModel()
-    model.gate.clear()
-    batcher = Batcher(model.forward, max_batch_tokens=1000, max_batch_size=2, max_queue=20, batch_queue_share=0.5)
-    batcher.start()
+    batcher = _held(model, max_queue=20, batch_queue_share=0.5)
 
     async def scenario() -> None:
         held = asyncio.ensure_future(batcher.submit(_pairs(8, 7), priority="batch"))
@@ -349,7 +352,4 @@ def test_batch_work_cannot_fill_the_room_kept_for_interactive_requests():
         model.gate.set()
         await asyncio.gather(held, chat)
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        batcher.close()
+    _run(batcher, scenario)
