@@ -17,12 +17,14 @@ dialect's paths come in its shape too.
 from __future__ import annotations
 
 import inspect
+from dataclasses import replace
 from typing import Any, ClassVar, Protocol, Sequence
 
 from fastapi import APIRouter, Body, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from ..cache import bypass_requested
 from ..errors import ErrorKind, RerankError
 from ..service import Reranker, RerankQuery, RerankResult
 from .common import dialect_route, timing_headers
@@ -49,7 +51,10 @@ async def do_rerank(body: RerankRequest, reranker: Reranker, request: Request, r
     """The one handler behind every rerank route."""
     if body.dialect_label:
         request.state.dialect = body.dialect_label
-    result = await reranker.rerank(body.to_query())
+    query = body.to_query()
+    if bypass_requested(request.headers):  # Cache-Control: no-cache / no-store (cache.py)
+        query = replace(query, use_cache=False)
+    result = await reranker.rerank(query)
     response.headers.update(timing_headers(result))
     return body.reply(result)
 
