@@ -3,11 +3,13 @@
 
 What a key is: a 128-bit BLAKE2b digest of everything that changes a raw score —
 
-    the model       its source, family, backend, dtype, device, window and per-model options,
-                    plus a nonce per loaded engine (a model loaded again is a new model)
-    the encoding    EncodeOptions: max_length, truncate, truncation_direction, max_doc_tokens,
-                    max_chunks, chunk_overlap, instruction (None: the model's configured default,
-                    which is part of the model's identity)
+    the model       its ModelSpec but the names (source, model type, per-model options such as
+                    the default instruction, layer-wise cutoff, compression), and what loading
+                    resolved: family, backend, dtype, device, window; plus a nonce per loaded
+                    engine (a model loaded again is a new model)
+    the encoding    every field of EncodeOptions: max_length, truncate, truncation_direction,
+                    max_doc_tokens, max_chunks, chunk_overlap, instruction (None: the model's
+                    configured default, part of the model above) — and any field added later
     the texts       query and document, each length-prefixed so that ("ab", "c") ≠ ("a", "bc")
 
 The texts themselves are never kept: only digests (16 bytes) and the float32-exact logit the
@@ -25,6 +27,7 @@ models; operations take a lock, so the event loop and any thread may use it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import sys
@@ -65,10 +68,8 @@ class ScoreCache:
     """An LRU map from pair digests to raw scores, at most ``max_bytes`` big."""
 
     def __init__(self, *, max_bytes: int, metrics: Metrics | None = None) -> None:
-        if max_bytes < ENTRY_BYTES:
-            raise ValueError(f"a score cache needs at least {ENTRY_BYTES} bytes")
         self.max_bytes = max_bytes
-        self.max_entries = max_bytes // ENTRY_BYTES
+        self.max_entries = max(1, max_bytes // ENTRY_BYTES)
         self._entries: OrderedDict[bytes, float] = OrderedDict()
         self._lock = threading.Lock()
         # Per loaded engine: the digest state of its identity, computed once.
@@ -90,13 +91,11 @@ class ScoreCache:
     def _model(self, engine: Engine) -> hashlib.blake2b:
         state = self._models.get(engine)
         if state is None:
-            model, spec = engine.model, engine.spec
-            identity = (
-                spec.source, spec.model_type, model.family, model.backend, model.dtype_name, model.device,
-                model.max_length, spec.instruction, spec.cutoff_layer, spec.compress_ratio, spec.compress_layers,
-                spec.trust_remote_code,
-            )
-            state = hashlib.blake2b(repr(identity).encode(), digest_size=_DIGEST)
+            model = engine.model
+            # Names select a model but do not change its scores: aliases share entries.
+            spec = dataclasses.replace(engine.spec, names=())
+            identity = (spec, model.family, model.backend, model.dtype_name, model.device, model.max_length)
+            state = hashlib.blake2b(repr(identity).encode("utf-8", "surrogatepass"), digest_size=_DIGEST)
             # The same folder loaded twice (a reload, new weights on disk) must not share entries.
             state.update(os.urandom(16))
             self._models[engine] = state
@@ -105,10 +104,8 @@ class ScoreCache:
     def keys(self, engine: Engine, options: EncodeOptions, query: str, documents: Sequence[str]) -> list[bytes]:
         """One digest per document of the request."""
         base = self._model(engine).copy()
-        base.update(repr((
-            options.max_length, options.truncate, options.truncation_direction, options.max_doc_tokens,
-            options.max_chunks, options.chunk_overlap, options.instruction,
-        )).encode("utf-8", "surrogatepass"))
+        # All of the options, by field name: a field added to EncodeOptions joins the key by itself.
+        base.update(repr(sorted(dataclasses.asdict(options).items())).encode("utf-8", "surrogatepass"))
         base.update(_text(query))
         keys = []
         for doc in documents:

@@ -261,7 +261,7 @@ class Settings(BaseSettings):
     )
 
     # --- score cache and tracing (cache.py, tracing.py) -------------------------------------
-    cache_mb: int = Field(
+    cache_mb: float = Field(
         64, ge=0, le=1024 * 1024,
         description="Memory (MiB, per server process) for cached raw scores of (query, document) pairs; 0: no cache.",
     )

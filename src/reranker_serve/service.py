@@ -73,7 +73,7 @@ class Reranker:
         self.settings = registry.settings
         self.metrics = registry.metrics
         mb = self.settings.cache_mb
-        self.cache = ScoreCache(max_bytes=mb * 1024 * 1024, metrics=self.metrics) if mb else None
+        self.cache = ScoreCache(max_bytes=int(mb * 1024 * 1024), metrics=self.metrics) if mb else None
         self.tracing = tracing
 
     async def rerank(self, q: RerankQuery) -> RerankResult:
