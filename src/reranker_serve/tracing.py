@@ -182,8 +182,13 @@ class RequestSpans:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers") or ()}
         method = scope.get("method", "POST")
         state = scope.setdefault("state", {})
+        parent = t._context.get_current()
+        if not t._trace.get_current_span(parent).get_span_context().is_valid:
+            # No server span around us (FastAPI's own telemetry or an ASGI instrumentation, when
+            # configured, would be one): continue the caller's trace, if it sent one.
+            parent = t._propagate.extract(headers)
         span = t.tracer.start_span(
-            f"{method} {path}", context=t._propagate.extract(headers), kind=t._server, start_time=time.time_ns(),
+            f"{method} {path}", context=parent, kind=t._server, start_time=time.time_ns(),
             attributes={"http.request.method": method, "url.path": path, "http.route": path,
                         "reranker.request_id": state.get("request_id", "")},
         )
