@@ -89,23 +89,31 @@ class ScoreCache:
 
     # -- keys ------------------------------------------------------------------------------------
     def _model(self, engine: Engine) -> hashlib.blake2b:
-        state = self._models.get(engine)
+        try:
+            state = self._models.get(engine)
+        except TypeError:  # an engine that cannot be weakly referenced: keyed by its description alone
+            return self._describe(engine)
         if state is None:
-            model = engine.model
-            # Names select a model but do not change its scores: aliases share entries.
-            spec = dataclasses.replace(engine.spec, names=())
-            identity = (spec, model.family, model.backend, model.dtype_name, model.device, model.max_length)
-            state = hashlib.blake2b(repr(identity).encode("utf-8", "surrogatepass"), digest_size=_DIGEST)
+            state = self._describe(engine)
             # The same folder loaded twice (a reload, new weights on disk) must not share entries.
             state.update(os.urandom(16))
             self._models[engine] = state
         return state
 
+    @staticmethod
+    def _describe(engine: Engine) -> hashlib.blake2b:
+        model = engine.model
+        # Names select a model but do not change its scores: aliases share entries.
+        spec = dataclasses.replace(engine.spec, names=())
+        identity = (spec, model.family, model.backend, model.dtype_name, model.device, model.max_length)
+        return hashlib.blake2b(repr(identity).encode("utf-8", "surrogatepass"), digest_size=_DIGEST)
+
     def keys(self, engine: Engine, options: EncodeOptions, query: str, documents: Sequence[str]) -> list[bytes]:
         """One digest per document of the request."""
         base = self._model(engine).copy()
-        # All of the options, by field name: a field added to EncodeOptions joins the key by itself.
-        base.update(repr(sorted(dataclasses.asdict(options).items())).encode("utf-8", "surrogatepass"))
+        # A dataclass's repr names every field and its value: a field added to EncodeOptions joins
+        # the key by itself.
+        base.update(repr(options).encode("utf-8", "surrogatepass"))
         base.update(_text(query))
         keys = []
         for doc in documents:
