@@ -232,3 +232,48 @@ def test_the_memory_charged_is_the_memory_used(tiny_model):
     charged = cache.bytes
     real = used + len(keys) * 49  # the key objects the cache now keeps alive
     assert abs(charged - real) / real < 0.35, (charged, real)
+
+
+def test_a_pair_in_flight_is_computed_once(serve, reference):
+    """Two requests for the same pairs at once (a retry, two chat turns): the second waits for
+    the first's computation instead of running it again."""
+    import concurrent.futures
+
+    # The batcher waits up to 300 ms for company, so the second request arrives while the first
+    # request's pairs are still queued.
+    srv = serve(cache_mb=CACHE_MB, batch_wait_ms=300)
+    docs = [f"In flight {i}: {d}" for i, d in enumerate(DOCS)]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        first = pool.submit(rerank, srv, docs)
+        import time
+
+        time.sleep(0.1)
+        second = pool.submit(rerank, srv, docs)
+        a, b = first.result(), second.result()
+    assert a["scores"] == b["scores"]
+    assert a["scores"] == pytest.approx(reference.scores(QUERY, docs), abs=1e-5)
+    assert sorted([a["tokens"], b["tokens"]]) == [0, pair_tokens(reference, docs)]  # fed once
+    assert metric(srv, "reranker_tokens_total", model="tiny-reranker") == pair_tokens(reference, docs)
+
+
+def test_a_request_waiting_for_one_that_leaves_computes_the_pairs_itself(serve, reference):
+    import concurrent.futures
+    import time
+
+    import httpx
+
+    srv = serve(cache_mb=CACHE_MB, batch_wait_ms=300)
+    docs = [f"Abandoned {i}: {d}" for i, d in enumerate(DOCS)]
+
+    def impatient() -> None:  # hangs up while its pairs are still queued: they are dropped
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(f"{srv.url}/rerank", json={"query": QUERY, "documents": docs}, timeout=0.15)
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        gone = pool.submit(impatient)
+        time.sleep(0.05)
+        waiting = pool.submit(rerank, srv, docs)
+        gone.result()
+        out = waiting.result()
+    assert out["tokens"] == pair_tokens(reference, docs)
+    assert out["scores"] == pytest.approx(reference.scores(QUERY, docs), abs=1e-5)

@@ -13,6 +13,7 @@ dialect rejects the same requests for the same reasons:
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from dataclasses import dataclass
@@ -75,6 +76,8 @@ class Reranker:
         mb = self.settings.cache_mb
         self.cache = ScoreCache(max_bytes=int(mb * 1024 * 1024), metrics=self.metrics) if mb else None
         self.tracing = tracing
+        # Pairs (cache keys) being computed now, and the future their raw score will be set on.
+        self._inflight: dict[bytes, asyncio.Future[float]] = {}
 
     async def rerank(self, q: RerankQuery) -> RerankResult:
         entered = time.time_ns() if self.tracing is not None else 0
@@ -145,8 +148,9 @@ class Reranker:
         )
 
     async def _score(self, engine: Engine, q: RerankQuery, options: EncodeOptions) -> _Scores:
-        """Raw scores of every document: those in the score cache from it, the rest from the
-        engine (each distinct document once), which are then cached."""
+        """Raw scores of every document: those in the score cache from it, those another request
+        is computing right now from that computation, the rest from the engine (each distinct
+        document once), which are then cached."""
         cache = self.cache if q.use_cache else None
         if cache is None:
             return await self._engine_score(engine, q.query, q.documents, options)
@@ -158,16 +162,55 @@ class Reranker:
                 todo[key] = i
         hits = len(keys) - sum(value is None for value in cached)
         cache.count(engine.model.name, hits=hits, misses=len(keys) - hits)
-        if not todo:
+        fresh: dict[bytes, float] = {}
+        tokens, timing = 0, None
+        # Pairs in flight (a retry, or two chat turns at once): wait for them rather than
+        # computing them twice; computed here, they are announced to later requests.
+        theirs = {key: self._inflight[key] for key in todo if key in self._inflight}
+        mine = [key for key in todo if key not in theirs]
+        while mine or theirs:
+            if mine:
+                computed = await self._compute(cache, engine, q, options, [(key, todo[key]) for key in mine])
+                tokens += computed.tokens
+                timing = timing or computed.timing
+                fresh.update(zip(mine, computed.raw))
+            waiting, theirs, mine = theirs, {}, []
+            for key, future in waiting.items():
+                try:
+                    fresh[key] = await asyncio.shield(future)
+                except asyncio.CancelledError:
+                    if not future.cancelled():
+                        raise  # this request itself was cancelled
+                    mine.append(key)  # the request computing it failed or left: compute it here
+        if not fresh:
             return _Scores(raw=cached, tokens=0, hits=hits)  # type: ignore[arg-type]
-        computed = await self._engine_score(engine, q.query, [q.documents[i] for i in todo.values()], options)
-        fresh = dict(zip(todo, computed.raw))
-        # Non-finite scores are an error the service reports; they are not kept.
-        cache.put_many([(key, value) for key, value in fresh.items() if math.isfinite(value)])
         return _Scores(
-            raw=[fresh[key] if value is None else value for key, value in zip(keys, cached)], tokens=computed.tokens,
-            hits=hits, timing=computed.timing,
+            raw=[fresh[key] if value is None else value for key, value in zip(keys, cached)], tokens=tokens,
+            hits=hits, timing=timing,
         )
+
+    async def _compute(self, cache: ScoreCache, engine: Engine, q: RerankQuery, options: EncodeOptions,
+                       pairs: list[tuple[bytes, int]]) -> _Scores:
+        """Score the documents of ``pairs`` (key, index), announcing them as in flight meanwhile;
+        cache their scores."""
+        loop = asyncio.get_running_loop()
+        owned = {key: loop.create_future() for key, _ in pairs}
+        self._inflight.update(owned)
+        try:
+            computed = await self._engine_score(engine, q.query, [q.documents[i] for _, i in pairs], options)
+        except BaseException:
+            for future in owned.values():
+                future.cancel()  # the requests waiting for them compute them themselves
+            raise
+        finally:
+            for key, future in owned.items():
+                if self._inflight.get(key) is future:
+                    del self._inflight[key]
+        for future, value in zip(owned.values(), computed.raw):
+            future.set_result(value)
+        # Non-finite scores are an error the service reports; they are not kept.
+        cache.put_many([(key, value) for key, value in zip(owned, computed.raw) if math.isfinite(value)])
+        return computed
 
     @staticmethod
     async def _engine_score(engine: Engine, query: str, documents: Sequence[str], options: EncodeOptions) -> _Scores:
