@@ -107,7 +107,7 @@ def create_app(
     if settings.cors_origins:  # off unless configured: a browser page should not call us by default
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID", "Cache-Control", "traceparent"],
         )
     if tracing is not None:  # inside RequestContextMiddleware: its request id is on the spans
         app.add_middleware(RequestSpans, tracing=tracing,
