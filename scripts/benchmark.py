@@ -9,6 +9,8 @@
     python scripts/benchmark.py --model /tmp/models/xlmr-mini --overhead
     # the feeding ceiling: the server against the same requests in this process (no HTTP)
     python scripts/benchmark.py --model /tmp/m/xlmr-mini --in-process --concurrency 32 --requests 96
+    # the score cache on a replayed RAG trace where half the pairs repeat: cache off, then on
+    python scripts/benchmark.py --model /tmp/models/bge-reranker-base --cache-trace --repeat-share 0.5
 
 Requests are built from real text (Vaswani by default: ../shared/data/vaswani, or --text FILE
 with one document per line): documents of --min-words..--max-words words (consecutive abstracts
@@ -68,20 +70,23 @@ def load_texts(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     return docs, queries
 
 
+def random_document(rng: random.Random, words: list[list[str]], args: argparse.Namespace) -> str:
+    """--min-words..--max-words words of consecutive abstracts, from a random one on."""
+    target = rng.randint(args.min_words, args.max_words)
+    i, text = rng.randrange(len(words)), []
+    while len(text) < target:
+        text += words[i % len(words)]
+        i += 1
+    return " ".join(text[:target])
+
+
 def build_requests(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     docs, queries = load_texts(args)
     rng = random.Random(args.seed)
     words = [d.split() for d in docs if d]
     requests = []
     for _ in range(args.requests):
-        batch = []
-        for _ in range(args.docs):
-            target = rng.randint(args.min_words, args.max_words)
-            i, text = rng.randrange(len(words)), []
-            while len(text) < target:
-                text += words[i % len(words)]
-                i += 1
-            batch.append(" ".join(text[:target]))
+        batch = [random_document(rng, words, args) for _ in range(args.docs)]
         requests.append((rng.choice(queries), batch))
     return requests
 
@@ -232,7 +237,8 @@ async def run_load(url: str, dialect: str, requests: list, concurrency: int, hea
 
     async with httpx.AsyncClient(base_url=url, timeout=600) as client:
         warm = BODIES[dialect](*requests[0])
-        await client.post(warm[0], json=warm[1], headers=headers)
+        # no-store: the warm-up must not put the first request's scores in the server's score cache.
+        await client.post(warm[0], json=warm[1], headers={**headers, "Cache-Control": "no-store"})
         started = time.perf_counter()
         done = asyncio.Event()
         health: list[float] = []
@@ -307,6 +313,30 @@ def report(name: str, result: dict, request_flops: list[float] | None, peak: flo
 
 
 # -- overhead ---------------------------------------------------------------------------------------
+def otlp_sink():
+    """A local OTLP/HTTP collector that accepts and discards traces (--otlp-sink), so tracing's
+    cost is measured with spans really encoded and sent."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            self.server.exports += 1
+            self.server.bytes += len(body)
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *a) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.exports = server.bytes = 0
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 def overhead(args: argparse.Namespace) -> dict:
     """p50 of one HTTP request (10 short documents) minus p50 of the bare forward pass."""
     import torch
@@ -330,7 +360,13 @@ def overhead(args: argparse.Namespace) -> dict:
         bare.append(time.perf_counter() - t)
     del model
     port = free_port()
-    args.set = (args.set or []) + ["dtype=float32"]
+    # The same request again and again: with the score cache it would be answered from memory
+    # (no forward pass at all), so the cache is off here unless --set says otherwise.
+    args.set = ["cache_mb=0"] + (args.set or []) + ["dtype=float32"]
+    sink = None
+    if args.otlp_sink:
+        sink = otlp_sink()
+        args.set.append(f"otlp_endpoint=http://127.0.0.1:{sink.server_address[1]}")
     proc = start_ours(args, port)
     try:
         served, server_total, server_inference = [], [], []
@@ -347,6 +383,9 @@ def overhead(args: argparse.Namespace) -> dict:
     finally:
         proc.terminate()
         proc.wait(30)
+        if sink is not None:
+            sink.shutdown()
+            print(f"OTLP sink received {sink.exports} exports, {sink.bytes} bytes")
     b, s = statistics.median(bare) * 1000, statistics.median(served) * 1000
     st, si = statistics.median(server_total), statistics.median(server_inference)
     print(f"bare forward p50 {b:.2f} ms | client-observed p50 {s:.2f} ms (overhead {s - b:.2f} ms) | "
@@ -486,6 +525,74 @@ def cuda_matmul_peak(dtype_name: str, n: int = 8192, repeat: int = 10) -> float:
     return 2 * n**3 * repeat / (start.elapsed_time(end) / 1000) / 1e9
 
 
+# -- score cache ------------------------------------------------------------------------------------
+def build_cache_trace(args: argparse.Namespace) -> tuple[list[tuple[str, list[str]]], float]:
+    """A RAG trace: --requests requests of --docs documents over --trace-queries conversations
+    (queries); a request of a conversation seen before reuses documents retrieved for it earlier
+    (chat turns, retries, pagination) so that --repeat-share of all pairs repeat an earlier pair."""
+    docs, queries = load_texts(args)
+    rng = random.Random(args.seed)
+    words = [d.split() for d in docs if d]
+    conversations = rng.sample(queries, min(args.trace_queries, len(queries)))
+    seen: dict[str, list[str]] = {}
+    trace, repeats, total = [], 0, 0
+    for _ in range(args.requests):
+        query = rng.choice(conversations)
+        past = seen.setdefault(query, [])
+        batch: list[str] = []
+        for _ in range(args.docs):
+            total += 1
+            candidates = [d for d in past if d not in batch]
+            if candidates and repeats < args.repeat_share * total:
+                batch.append(rng.choice(candidates))
+                repeats += 1
+            else:
+                batch.append(random_document(rng, words, args))
+        past.extend(d for d in batch if d not in past)
+        trace.append((query, batch))
+    return trace, repeats / total
+
+
+def cache_metrics(url: str) -> dict:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    totals: Counter = Counter()
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=10).text):
+        for sample in family.samples:
+            totals[sample.name] += sample.value
+    return {"hits": totals["reranker_cache_hits_total"], "misses": totals["reranker_cache_misses_total"],
+            "entries": totals["reranker_cache_entries"]}
+
+
+def cache_trace(args: argparse.Namespace) -> dict:
+    """The same trace replayed against our server with the cache off, then on (each --rounds times,
+    alternating, a fresh server each time so every replay starts cold)."""
+    trace, share = build_cache_trace(args)
+    pairs = sum(len(d) for _, d in trace)
+    print(f"trace: {len(trace)} requests x {args.docs} docs over {args.trace_queries} conversations, "
+          f"{100 * share:.0f}% of {pairs} pairs repeat an earlier one, concurrency {args.concurrency}")
+    out: dict = {"requests": len(trace), "pairs": pairs, "repeat_share": share, "runs": []}
+    for _ in range(args.rounds):
+        for name, mb in (("off", "0"), ("on", str(args.cache_mb))):
+            run_args = argparse.Namespace(**vars(args))
+            run_args.set = (args.set or []) + [f"cache_mb={mb}"]
+            port = free_port()
+            proc, url = start_ours(run_args, port), f"http://127.0.0.1:{port}"
+            try:
+                result = asyncio.run(run_load(url, args.dialect, trace, args.concurrency, {}))
+                result.update(cache=cache_metrics(url), name=name)
+            finally:
+                proc.terminate()
+                proc.wait(60)
+            result.pop("succeeded")
+            out["runs"].append(result)
+            print(f"cache {name:>3}: {result['pairs_per_s']:7.2f} pairs/s  p50 {result['p50_ms']:8.1f} ms  "
+                  f"p99 {result['p99_ms']:8.1f} ms  tokens fed {result['server_tokens']}  "
+                  f"hits {result['cache']['hits']:.0f} misses {result['cache']['misses']:.0f}  "
+                  f"statuses {result['statuses']}", flush=True)
+    return out
+
+
 # -- main -------------------------------------------------------------------------------------------
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawTextHelpFormatter)
@@ -500,6 +607,13 @@ def main() -> int:
                     help="also run the same requests through the engine in this process, no HTTP (the ceiling)")
     ap.add_argument("--baseline-fp16", action="store_true",
                     help="the naive server in fp16 (CrossEncoder use_fp16-style, as GPU users run it)")
+    ap.add_argument("--otlp-sink", action="store_true",
+                    help="--overhead: trace every request to a local OTLP/HTTP sink (needs reranker-serve[otel])")
+    ap.add_argument("--cache-trace", action="store_true", help="replay a RAG trace with the score cache off and on")
+    ap.add_argument("--repeat-share", type=float, default=0.5, help="--cache-trace: share of pairs that repeat")
+    ap.add_argument("--trace-queries", type=int, default=10, help="--cache-trace: conversations (distinct queries)")
+    ap.add_argument("--cache-mb", type=float, default=64, help="--cache-trace: RERANKER_CACHE_MB when on")
+    ap.add_argument("--rounds", type=int, default=1, help="--cache-trace: off/on pairs of runs")
     ap.add_argument("--dialect", choices=sorted(BODIES), default="native")
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--docs", type=int, default=20, help="documents per request")
@@ -523,6 +637,8 @@ def main() -> int:
     print(f"machine: {out['machine']}")
     if args.overhead:
         out["overhead"] = overhead(args)
+    elif args.cache_trace:
+        out["cache_trace"] = cache_trace(args)
     else:
         requests = build_requests(args)
         headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}

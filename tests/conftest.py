@@ -177,8 +177,11 @@ def load_error(settings: Settings) -> str:
 
 def settings_for(model_dir: Path, **overrides: object) -> Settings:
     """Settings for tests: the tiny model, fp32 (scores are compared with an fp32 reference),
-    and no .env from the working directory."""
+    no score cache, and no .env from the working directory."""
     values: dict[str, object] = dict(model_path=model_dir, dtype="float32", device="cpu", max_length=128)
+    # The score cache off unless a test asks for it (test_cache.py): the other tests send the same
+    # pairs again and again and check what computing them reports (tokens, queueing, timing).
+    values["cache_mb"] = 0
     values.update(overrides)
     return Settings(_env_file=None, **values)
 

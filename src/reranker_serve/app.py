@@ -11,7 +11,7 @@ import asyncio
 import os
 import signal
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING, AsyncIterator, Callable, Sequence
 
 from fastapi import FastAPI, Request, Response, Security
 from fastapi.exception_handlers import http_exception_handler
@@ -30,6 +30,10 @@ from .keys import BUCKETS_FILE_VARIABLE, KeyRing, RateLimiter
 from .observability import Metrics, RequestContextMiddleware
 from .registry import ModelRegistry
 from .service import Reranker
+from .tracing import RequestSpans, Tracing
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 __all__ = ["create_app"]
 
@@ -67,16 +71,19 @@ def create_app(
     *,
     engines: Sequence[Engine] = (),
     on_load_failure: Callable[[str], None] | None = None,
+    span_exporter: SpanExporter | None = None,
 ) -> FastAPI:
     """Build the app. ``engines`` skips loading those models (tests inject them); ``on_load_failure``
-    is how ``__main__`` learns that a model failed, to stop the server with a non-zero exit."""
+    is how ``__main__`` learns that a model failed, to stop the server with a non-zero exit;
+    ``span_exporter`` turns tracing on with that exporter (tests), whatever the settings say."""
     settings = settings or load_settings()
+    tracing = Tracing.from_settings(settings, exporter=span_exporter)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry = ModelRegistry(settings, engines, metrics=metrics)
         app.state.registry = registry
-        app.state.reranker = Reranker(registry)
+        app.state.reranker = Reranker(registry, tracing=tracing)
         # Worker processes share one bucket file (made by __main__), so a key's limits hold server-wide.
         app.state.limiter = RateLimiter(os.environ.get(BUCKETS_FILE_VARIABLE))
         loader = None
@@ -94,6 +101,8 @@ def create_app(
                 loader.cancel()
             await registry.close()
             app.state.limiter.close()
+            if tracing is not None:
+                tracing.shutdown()
 
     metrics = Metrics()
     # FastAPIOffline: Swagger UI and ReDoc from assets bundled in the package, not a CDN, so
@@ -110,8 +119,11 @@ def create_app(
     if settings.cors_origins:  # off unless configured: a browser page should not call us by default
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID", "Cache-Control", "traceparent"],
         )
+    if tracing is not None:  # inside RequestContextMiddleware: its request id is on the spans
+        app.add_middleware(RequestSpans, tracing=tracing,
+                           paths=[p for d in (native.dialect, cohere.dialect, jina.dialect) for p in d.paths])
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     # The key requirement appears in the OpenAPI schema only when a key is configured, so the
     # schema describes this server as it runs (generated tests hold it to that).

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import ValidationInfo
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
@@ -307,6 +308,19 @@ class Settings(BaseSettings):
         True, description="LLM rerankers: compute a request's prompt prefix (instruction, query) once for all documents."
     )
 
+    # --- score cache and tracing (cache.py, tracing.py) -------------------------------------
+    cache_mb: float = Field(
+        64, ge=0, le=1024 * 1024,
+        description="Memory (MiB, per server process) for cached raw scores of (query, document) pairs; 0: no cache.",
+    )
+    otlp_endpoint: str | None = Field(
+        None, description="OpenTelemetry collector to send request traces to (needs reranker-serve[otel]); unset: "
+        "no tracing.",
+    )
+    otlp_protocol: Literal["http/protobuf", "grpc"] = Field(
+        "http/protobuf", description="OTLP transport for RERANKER_OTLP_ENDPOINT.",
+    )
+
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
@@ -339,6 +353,24 @@ class Settings(BaseSettings):
                     raise ValueError("starts with '[' but is not a JSON list of origins") from None
             return [o.strip() for o in text.split(",") if o.strip()]
         return value
+
+    @field_validator("otlp_endpoint", mode="before")
+    @classmethod
+    def _otlp_endpoint(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        if not value.strip():  # `RERANKER_OTLP_ENDPOINT=` in a .env: no tracing
+            return None
+        from .tracing import check_endpoint
+
+        return check_endpoint(value.strip())
+
+    @field_validator("otlp_protocol")
+    @classmethod
+    def _otlp_protocol(cls, value: str, info: ValidationInfo) -> str:
+        from .tracing import check_protocol
+
+        return check_protocol(value, endpoint=info.data.get("otlp_endpoint"))
 
     @field_validator("api_key", "api_keys", "instance_id", "served_model_name", "model_path", "instruction", "cutoff_layer", mode="before")
     @classmethod

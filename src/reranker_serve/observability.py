@@ -62,6 +62,15 @@ class Metrics:
                                 registry=r)
         self.auth_failures = Counter("reranker_auth_failures", "Requests refused for a missing or wrong API key",
                                      ["dialect"], registry=r)
+        # The score cache (cache.py): hits and misses per model, in documents; size of the whole cache.
+        self.cache_hits = Counter("reranker_cache_hits", "Documents whose score came from the score cache", ["model"],
+                                  registry=r)
+        self.cache_misses = Counter("reranker_cache_misses", "Documents looked up in the score cache and not found",
+                                    ["model"], registry=r)
+        self.cache_evictions = Counter("reranker_cache_evictions", "Scores dropped from the full cache (LRU)",
+                                       registry=r)
+        self.cache_bytes = Gauge("reranker_cache_bytes", "Memory held by the score cache", registry=r)
+        self.cache_entries = Gauge("reranker_cache_entries", "Scores held by the score cache", registry=r)
 
     def observe_batch(self, model: str, pairs: int, padded_tokens: int) -> None:
         self.batch_pairs.labels(model).observe(pairs)

@@ -7,18 +7,25 @@ dialect rejects the same requests for the same reasons:
     query non-empty → documents non-empty → documents ≤ MAX_DOCUMENTS → top_n ≥ 0
     → max_tokens_per_doc ≥ 1 → 1 ≤ max_chunks_per_doc ≤ 100 → `model` is served → it is loaded
     → an instruction only for models that take one
-    → score (tokenize, queue, forward; a chunked document scores as its best window) → rank
+    → score (the score cache, cache.py, for pairs already scored; the engine for the rest:
+      tokenize, queue, forward; a chunked document scores as its best window) → rank
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
+import time
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
+from .cache import ScoreCache
 from .config import MAX_CHUNKS_PER_DOC
+from .engine import Engine
 from .errors import ErrorKind, RerankError
+from .models import EncodeOptions
 from .registry import ModelRegistry
+from .tracing import EngineTiming, Tracing
 
 __all__ = ["Ranked", "RerankQuery", "RerankResult", "Reranker"]
 
@@ -37,6 +44,7 @@ class RerankQuery:
     max_chunks_per_doc: int | None = None  # None: the server's RERANKER_MAX_CHUNKS_PER_DOC
     instruction: str | None = None  # None: the model's default (LLM rerankers only)
     priority: Literal["interactive", "batch"] = "interactive"  # the order the batcher takes pairs in
+    use_cache: bool = True  # False: the score cache is neither read nor written (Cache-Control: no-cache)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,12 +70,19 @@ def _invalid(message: str) -> RerankError:
 class Reranker:
     """Ranks with the served models; which model answers is the registry's business."""
 
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, *, tracing: Tracing | None = None) -> None:
         self.registry = registry
         self.settings = registry.settings
         self.metrics = registry.metrics
+        mb = self.settings.cache_mb
+        self.cache = ScoreCache(max_bytes=int(mb * 1024 * 1024), metrics=self.metrics) if mb else None
+        self.tracing = tracing
+        # Pairs (cache keys) being computed now, and the future their raw score will be set on.
+        # Pairs being computed, by the priority of the request computing them.
+        self._inflight: dict[str, dict[bytes, asyncio.Future[float]]] = {"interactive": {}, "batch": {}}
 
     async def rerank(self, q: RerankQuery) -> RerankResult:
+        entered = time.time_ns() if self.tracing is not None else 0
         if not q.query.strip():
             raise _invalid("query must not be empty")
         n = len(q.documents)
@@ -99,9 +114,13 @@ class Reranker:
         if q.max_chunks_per_doc is not None:
             overrides["max_chunks"] = q.max_chunks_per_doc
         options = engine.encode_options(**overrides)
-        scored = await engine.score(q.query, q.documents, options, priority=q.priority)
-        self.metrics.observe_request(model.name, documents=n, tokens=scored.tokens, queue_time=scored.queue_time,
-                                     inference_time=scored.inference_time)
+        scored = await self._score(engine, q, options)
+        scored_ns = time.time_ns() if self.tracing is not None else 0
+        if scored.timing is None:  # all from the cache: nothing queued or run, no time to observe
+            self.metrics.documents.labels(model.name).inc(n)
+        else:
+            self.metrics.observe_request(model.name, documents=n, tokens=scored.tokens, queue_time=scored.queue_time,
+                                         inference_time=scored.inference_time)
         raw = scored.raw
         if any(not math.isfinite(x) for x in raw):
             raise RerankError(
@@ -117,6 +136,11 @@ class Reranker:
         results = [
             Ranked(i, scores[i], q.documents[i] if q.return_documents else None) for i in order
         ]
+        if self.tracing is not None:
+            self.tracing.record(entered_ns=entered, engine=scored.timing, rank=(scored_ns, time.time_ns()),
+                                attributes={"reranker.model": model.name, "reranker.documents": n,
+                                            "reranker.tokens": scored.tokens, "reranker.cache.hits": scored.hits,
+                                            "reranker.cache.misses": n - scored.hits})
         return RerankResult(
             model=model.name,
             results=results,
@@ -124,3 +148,99 @@ class Reranker:
             queue_time=scored.queue_time,
             inference_time=scored.inference_time,
         )
+
+    async def _score(self, engine: Engine, q: RerankQuery, options: EncodeOptions) -> _Scores:
+        """Raw scores of every document: those in the score cache from it, those another request
+        is computing right now from that computation, the rest from the engine (each distinct
+        document once), which are then cached."""
+        cache = self.cache if q.use_cache else None
+        if cache is None:
+            return await self._engine_score(engine, q.query, q.documents, options, priority=q.priority)
+        keys = cache.keys(engine, options, q.query, q.documents)
+        cached = cache.get_many(keys)
+        todo: dict[bytes, int] = {}  # key -> the first document that has it
+        for i, (key, value) in enumerate(zip(keys, cached)):
+            if value is None and key not in todo:
+                todo[key] = i
+        hits = len(keys) - sum(value is None for value in cached)
+        cache.count(engine.model.name, hits=hits, misses=len(keys) - hits)
+        fresh: dict[bytes, float] = {}
+        tokens, timing = 0, None
+        # Pairs in flight (a retry, or two chat turns at once): wait for them rather than
+        # computing them twice; computed here, they are announced to later requests. An
+        # interactive request does not wait on batch work (it would inherit its priority).
+        inflight = self._inflight["interactive"] if q.priority == "interactive" else {
+            **self._inflight["batch"], **self._inflight["interactive"]}
+        theirs = {key: inflight[key] for key in todo if key in inflight}
+        mine = [key for key in todo if key not in theirs]
+        while mine or theirs:
+            if mine:
+                computed = await self._compute(cache, engine, q, options, [(key, todo[key]) for key in mine])
+                tokens += computed.tokens
+                timing = timing or computed.timing
+                fresh.update(zip(mine, computed.raw))
+            waiting, theirs, mine = theirs, {}, []
+            for key, future in waiting.items():
+                try:
+                    fresh[key] = await asyncio.shield(future)
+                except asyncio.CancelledError:
+                    if not future.cancelled():
+                        raise  # this request itself was cancelled
+                    mine.append(key)  # the request computing it failed or left: compute it here
+        if not fresh:
+            return _Scores(raw=cached, tokens=0, hits=hits)  # type: ignore[arg-type]
+        return _Scores(
+            raw=[fresh[key] if value is None else value for key, value in zip(keys, cached)], tokens=tokens,
+            hits=hits, timing=timing,
+        )
+
+    async def _compute(self, cache: ScoreCache, engine: Engine, q: RerankQuery, options: EncodeOptions,
+                       pairs: list[tuple[bytes, int]]) -> _Scores:
+        """Score the documents of ``pairs`` (key, index), announcing them as in flight meanwhile;
+        cache their scores."""
+        loop = asyncio.get_running_loop()
+        owned = {key: loop.create_future() for key, _ in pairs}
+        inflight = self._inflight[q.priority]
+        inflight.update(owned)
+        try:
+            computed = await self._engine_score(engine, q.query, [q.documents[i] for _, i in pairs], options,
+                                                priority=q.priority)
+        except BaseException:
+            for future in owned.values():
+                future.cancel()  # the requests waiting for them compute them themselves
+            raise
+        finally:
+            for key, future in owned.items():
+                if inflight.get(key) is future:
+                    del inflight[key]
+        for future, value in zip(owned.values(), computed.raw):
+            future.set_result(value)
+        # Non-finite scores are an error the service reports; they are not kept.
+        cache.put_many([(key, value) for key, value in zip(owned, computed.raw) if math.isfinite(value)])
+        return computed
+
+    @staticmethod
+    async def _engine_score(engine: Engine, query: str, documents: Sequence[str], options: EncodeOptions, *,
+                            priority: str) -> _Scores:
+        started = time.time_ns()  # two clock reads (~50 ns): the engine call's place in a trace
+        scored = await engine.score(query, documents, options, priority=priority)
+        timing = EngineTiming(started, time.time_ns(), scored.queue_time, scored.inference_time)
+        return _Scores(raw=scored.raw, tokens=scored.tokens, timing=timing)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Scores:
+    """A request's raw scores, wherever they came from."""
+
+    raw: list[float]
+    tokens: int  # fed to the model for this request (cache hits cost none)
+    hits: int = 0  # documents answered from the score cache
+    timing: EngineTiming | None = None  # the engine call; None: every score came from the cache
+
+    @property
+    def queue_time(self) -> float:
+        return self.timing.queue_time if self.timing else 0.0
+
+    @property
+    def inference_time(self) -> float:
+        return self.timing.inference_time if self.timing else 0.0

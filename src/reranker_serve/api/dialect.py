@@ -24,6 +24,7 @@ from fastapi import APIRouter, Body, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from ..cache import bypass_requested
 from ..errors import ErrorKind, RerankError
 from ..keys import ApiKey, Priority
 from ..service import Reranker, RerankQuery, RerankResult
@@ -70,6 +71,8 @@ async def do_rerank(body: RerankRequest, reranker: Reranker, request: Request, r
     priority = _priority(request.headers.get("x-priority"), key)
     if priority != query.priority:
         query = replace(query, priority=priority)
+    if bypass_requested(request.headers):  # Cache-Control: no-cache / no-store (cache.py)
+        query = replace(query, use_cache=False)
     result = await reranker.rerank(query)
     response.headers.update(timing_headers(result))
     return body.reply(result)
