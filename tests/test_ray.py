@@ -92,6 +92,9 @@ def ray_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
         RERANKER_MODELS=",".join(f"{name}={tiny_model}" for name in NAMES),
         RERANKER_DEVICE="cpu", RERANKER_MAX_LENGTH="128", RERANKER_NUM_THREADS="1",
         RERANKER_RAY_REPLICAS="2", RERANKER_RAY_NUM_CPUS="0.5",
+        # Every request must reach a replica's engine (spread, failover), and answers are compared
+        # with a server without the score cache (tests/conftest.py's settings).
+        RERANKER_CACHE_MB="0",
         RAY_DEFAULT_OBJECT_STORE_MAX_MEMORY_BYTES=str(200 * 1024 * 1024),
         RAY_DEDUP_LOGS="0",  # every replica's log lines, not one per cluster
     )
