@@ -50,12 +50,13 @@ class Metrics:
         self.documents = Counter("reranker_documents", "Documents scored", ["model"], registry=r)
         self.tokens = Counter("reranker_tokens", "Tokens fed to the model", ["model"], registry=r)
         self.batch_pairs = Histogram(
-            "reranker_batch_size", "Pairs per forward pass", ["model"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            "reranker_batch_size", "Pairs per forward pass", ["model"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),  # CUDA batches reach 1,024 pairs
             registry=r,
         )
         self.batch_tokens = Histogram(
-            "reranker_batch_tokens", "Padded tokens per forward pass", ["model"],
-            buckets=(64, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768), registry=r,
+            "reranker_batch_tokens", "Tokens per forward pass (padded: pairs x longest pair; unpadded: real tokens)",
+            ["model"], buckets=(64, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536), registry=r,
         )
         self.queue_depth = Gauge("reranker_queue_depth", "Pairs waiting for the model", ["model"], registry=r)
         self.model_load = Gauge("reranker_model_load_seconds", "Time taken to load and warm up the model", ["model"],
