@@ -121,14 +121,13 @@ def create_app(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", "X-Request-ID", "Cache-Control", "traceparent"],
         )
+    dialects = [native.dialect, cohere.dialect, jina.dialect]
     if tracing is not None:  # inside RequestContextMiddleware: its request id is on the spans
-        app.add_middleware(RequestSpans, tracing=tracing,
-                           paths=[p for d in (native.dialect, cohere.dialect, jina.dialect) for p in d.paths])
+        app.add_middleware(RequestSpans, tracing=tracing, paths=[p for d in dialects for p in d.paths])
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     # The key requirement appears in the OpenAPI schema only when a key is configured, so the
     # schema describes this server as it runs (generated tests hold it to that).
     secured = [Security(bearer_scheme)] if app.state.keys.enabled else []
-    dialects = [native.dialect, cohere.dialect, jina.dialect]
     for dialect in dialects:
         app.include_router(dialect.router, dependencies=secured)
     app.include_router(system.router)
@@ -147,8 +146,6 @@ _STARTUP_FAILURE = 3  # uvicorn.server.STARTUP_FAILURE
 def create_worker_app() -> FastAPI:
     """The app factory of worker processes (``uvicorn ... --factory``): each is a fresh
     interpreter, so it sets up offline mode and logging itself, as ``__main__`` does."""
-    import os
-
     from loguru import logger
 
     from .config import apply_offline_environment

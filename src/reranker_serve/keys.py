@@ -137,7 +137,6 @@ class KeyRing:
         self._setting = (setting or "").strip()
         self._single = single_key
         self._path = None if not self._setting or self._setting.startswith("{") else Path(self._setting).expanduser()
-        self._stamp: float | None = None
         self._checked = 0.0
         self._lock = threading.Lock()
         self._keys = parse_keys(read_keys_setting(self._setting) if self._setting else "", single_key=single_key)
@@ -147,9 +146,9 @@ class KeyRing:
     def enabled(self) -> bool:
         return bool(self._keys) or self._path is not None
 
-    def _mtime(self) -> float | None:
+    def _mtime(self) -> int | None:
         try:
-            return self._path.stat().st_mtime_ns if self._path else None  # type: ignore[return-value]
+            return self._path.stat().st_mtime_ns if self._path else None
         except OSError:
             return None
 
@@ -243,7 +242,7 @@ class RateLimiter:
             held = self._map[offset:offset + 16]
             if held == name or held == bytes(16):
                 return offset
-        # More buckets than slots (hundreds of keys): the oldest-looking slot is reused.
+        # More buckets than slots (hundreds of keys): buckets hashed to this home slot share it.
         return start * _SLOT.size
 
     def check(self, key: ApiKey, *, pairs: int | None = None) -> None:

@@ -23,6 +23,7 @@ from .cache import ScoreCache
 from .config import MAX_CHUNKS_PER_DOC
 from .engine import Engine
 from .errors import ErrorKind, RerankError
+from .keys import Priority
 from .models import EncodeOptions
 from .registry import ModelRegistry
 from .tracing import EngineTiming, Tracing
@@ -43,7 +44,7 @@ class RerankQuery:
     max_tokens_per_doc: int | None = None
     max_chunks_per_doc: int | None = None  # None: the server's RERANKER_MAX_CHUNKS_PER_DOC
     instruction: str | None = None  # None: the model's default (LLM rerankers only)
-    priority: Literal["interactive", "batch"] = "interactive"  # the order the batcher takes pairs in
+    priority: Priority = "interactive"  # the order the batcher takes pairs in
     use_cache: bool = True  # False: the score cache is neither read nor written (Cache-Control: no-cache)
 
 
@@ -77,8 +78,8 @@ class Reranker:
         mb = self.settings.cache_mb
         self.cache = ScoreCache(max_bytes=int(mb * 1024 * 1024), metrics=self.metrics) if mb else None
         self.tracing = tracing
-        # Pairs (cache keys) being computed now, and the future their raw score will be set on.
-        # Pairs being computed, by the priority of the request computing them.
+        # Pairs (cache keys) being computed now and the futures their raw scores will be set on,
+        # by the priority of the request computing them.
         self._inflight: dict[str, dict[bytes, asyncio.Future[float]]] = {"interactive": {}, "batch": {}}
 
     async def rerank(self, q: RerankQuery) -> RerankResult:

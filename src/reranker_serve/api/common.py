@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import time
 import re
 from typing import Annotated, Any, Awaitable, Callable, Sequence

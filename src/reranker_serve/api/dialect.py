@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import replace
-from typing import Any, ClassVar, Protocol, Sequence
+from typing import Any, ClassVar, Protocol, Sequence, get_args
 
 from fastapi import APIRouter, Body, Request, Response
 from fastapi.responses import JSONResponse
@@ -33,7 +33,7 @@ from .deps import RerankerDep
 
 __all__ = ["Dialect", "RerankRequest", "do_rerank"]
 
-_PRIORITIES = ("interactive", "batch")
+_PRIORITIES = get_args(Priority)
 
 
 def _priority(header: str | None, key: ApiKey | None) -> Priority:
@@ -41,9 +41,10 @@ def _priority(header: str | None, key: ApiKey | None) -> Priority:
     if header is not None:
         value = header.strip().lower()
         if value not in _PRIORITIES:
-            raise RerankError(ErrorKind.VALIDATION, f"X-Priority must be interactive or batch, got {header!r}")
+            raise RerankError(ErrorKind.VALIDATION, f"X-Priority must be {' or '.join(_PRIORITIES)}, got {header!r}")
         return value  # type: ignore[return-value]
     return key.priority if key is not None else "interactive"
+
 
 # Kinds a rerank operation can answer; the other two are about paths and methods, not operations.
 _OPERATION_KINDS = [k for k in ErrorKind if k not in (ErrorKind.ROUTE_NOT_FOUND, ErrorKind.METHOD_NOT_ALLOWED)]

@@ -54,24 +54,27 @@ def _from_hub(spec: ModelSpec) -> ModelSpec:
     copy when the hub cannot be reached; without either, fail at once saying how to get it."""
     from ..download import HubUnreachable, fetch, in_cache, probe_hub
 
-    cached = in_cache(spec.source, spec.cache_dir)
-    try:
-        probe_hub()
-    except HubUnreachable as exc:
-        if cached:
+    if in_cache(spec.source, spec.cache_dir):
+        try:
+            # Loading a cached model still asks the hub for updates, with half a minute of retries
+            # where it cannot be reached: find that out now, and load offline then.
+            probe_hub()
+        except HubUnreachable as exc:
             logger.warning("{}; loading the copy of {} cached in {}", exc, spec.source, spec.cache_dir)
             return replace(spec, offline=True)
+        return spec
+    started = time.perf_counter()
+    logger.info("downloading {} from the hub into {} (first start only)", spec.source, spec.cache_dir)
+    try:
+        fetch(spec.source, cache_dir=spec.cache_dir)  # probes the hub first
+    except HubUnreachable as exc:
         folder = f"models/{spec.source.split('/')[-1]}"
         raise ModelLoadError(
             f"cannot download {spec.source}: {exc}, and {spec.cache_dir} holds no copy of it. "
             f"On a machine with internet run `./download_model.sh {spec.source}` and copy {folder} here, then "
             f"start with RERANKER_MODEL_PATH={folder}; or set RERANKER_MODEL_PATH to a folder that holds the model"
         ) from None
-    if not cached:
-        started = time.perf_counter()
-        logger.info("downloading {} from the hub into {} (first start only)", spec.source, spec.cache_dir)
-        fetch(spec.source, cache_dir=spec.cache_dir)
-        logger.info("downloaded {} in {:.0f} s", spec.source, time.perf_counter() - started)
+    logger.info("downloaded {} in {:.0f} s", spec.source, time.perf_counter() - started)
     return spec
 
 
