@@ -218,3 +218,13 @@ def test_cors_is_off_unless_configured(client, serve):
     assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://app.example"
     other = srv.client.options("/rerank", headers={**preflight, "Origin": "http://evil.example"})
     assert "access-control-allow-origin" not in other.headers
+
+
+def test_cors_allows_every_header_the_api_reads(serve):
+    srv = serve(cors_origins=["http://app.example"])
+    wanted = "authorization, content-type, x-priority, cache-control"
+    r = srv.client.options("/rerank", headers={"Origin": "http://app.example", "Access-Control-Request-Method": "POST",
+                                               "Access-Control-Request-Headers": wanted})
+    assert r.status_code == 200, r.text
+    allowed = {h.strip().lower() for h in r.headers["access-control-allow-headers"].split(",")}
+    assert {"authorization", "content-type", "x-priority", "cache-control"} <= allowed

@@ -119,7 +119,7 @@ def create_app(
     if settings.cors_origins:  # off unless configured: a browser page should not call us by default
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "X-Request-ID", "Cache-Control", "traceparent"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID", "X-Priority", "Cache-Control", "traceparent"],
         )
     dialects = [native.dialect, cohere.dialect, jina.dialect]
     if tracing is not None:  # inside RequestContextMiddleware: its request id is on the spans
