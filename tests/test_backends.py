@@ -61,10 +61,55 @@ def test_info_names_the_backend_of_each_model(tiny_model):
     try:
         info = srv.client.get("/info").json()
         assert [(m["name"], m["backend"]) for m in info["models"]] == [("openvino", "openvino"), ("torch", "torch")]
+        # Two models share the cores: one whole forward pass at a time, OpenVINO's too.
+        assert [m["batches_in_flight"] for m in info["models"]] == [1, 1]
         a = srv.client.post("/rerank", json={"model": "openvino", "query": QUERY, "documents": DOCS}).json()
         b = srv.client.post("/rerank", json={"model": "torch", "query": QUERY, "documents": DOCS}).json()
         assert [x["index"] for x in a["results"]] == [x["index"] for x in b["results"]]
         for x, y in zip(a["results"], b["results"]):
             assert x["relevance_score"] == pytest.approx(y["relevance_score"], abs=1e-5)
+    finally:
+        srv.stop()
+
+
+def test_openvino_keeps_two_batches_in_flight_and_each_gets_its_own_scores(tiny_model):
+    model = load_model(spec(tiny_model, backend="openvino"), Placement("cpu", torch.float32))
+    runner = model.runner
+    assert runner.asynchronous and model.asynchronous
+    options = EncodeOptions(max_length=128)
+    batches = [model.encode(QUERY, DOCS[i : i + 2 + i], options) for i in range(3)]  # 2, 3 and 3 pairs
+    expected = [runner.logits(batch) for batch in batches]
+    # Started back to back: the third batch reuses the first one's infer request before anyone
+    # collected the first; its scores must have been kept, and nothing mixed up between batches.
+    waits = [runner.start(batch) for batch in batches]
+    for wait, want in zip(reversed(waits), reversed(expected)):
+        assert torch.equal(wait(), want)
+    # Through the reranker's launch (what the batcher calls): pending scores, collected later.
+    pending = [model.launch(batch) for batch in batches]
+    assert [p.result() for p in pending] == [model.forward(batch) for batch in batches]
+
+
+def test_alone_on_the_cpu_openvino_keeps_the_next_batch_queued_and_scores_stay_exact(tiny_model, reference):
+    srv = RunningServer(create_app(settings_for(tiny_model, backend="openvino", dtype="float32")))
+    try:
+        assert srv.client.get("/info").json()["models"][0]["batches_in_flight"] == 2
+        docs = [f"{d} ({i})" for i in range(6) for d in DOCS]  # 30 documents: several batches in flight
+        expected = reference.logits(QUERY, docs)
+        replies = []
+
+        def ask() -> None:
+            replies.append(srv.client.post("/rerank", json={"query": QUERY, "documents": docs, "raw_scores": True}))
+
+        import threading
+
+        threads = [threading.Thread(target=ask) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for reply in replies:
+            assert reply.status_code == 200
+            got = {r["index"]: r["relevance_score"] for r in reply.json()["results"]}
+            assert [got[i] for i in range(len(docs))] == pytest.approx(expected, abs=1e-5)
     finally:
         srv.stop()

@@ -353,3 +353,103 @@ def test_batch_work_cannot_fill_the_room_kept_for_interactive_requests():
         await asyncio.gather(held, chat)
 
     _run(batcher, scenario)
+
+
+def _reference_batch(batcher: Batcher, jobs: list) -> list[tuple[int, int, int]]:
+    """The selection rule written the plain way (sort every waiting pair): (urgency, length, seq) of each pick."""
+    import time as _time
+
+    aged = _time.perf_counter() - batcher.batch_max_wait
+    urgency = {job.seq: int(job.batch and job.admitted > aged) for job in jobs}
+    seed = min(jobs, key=lambda job: (urgency[job.seq], job.seq))
+    width = max(len(seed.pairs[i]) for i in seed.remaining)
+    waiting = sorted((urgency[job.seq], -len(job.pairs[i]), job.seq)
+                     for job in jobs for i in job.remaining if len(job.pairs[i]) <= width)
+    if batcher.padded:
+        return waiting[: max(1, min(batcher.max_batch_size, batcher.max_batch_tokens // width))]
+    out, tokens = [], 0
+    for pick in waiting[: batcher.max_batch_size]:
+        tokens -= pick[1]
+        if out and tokens > batcher.max_batch_tokens:
+            break
+        out.append(pick)
+    return out
+
+
+@pytest.mark.parametrize("padded", [True, False])
+def test_batch_selection_follows_the_rule_on_random_queues(padded):
+    # The batcher picks from per-job length orders by a merge; whatever it picks must be exactly
+    # what sorting every waiting pair by (class, length, age) and filling the budget would pick.
+    import random
+
+    from reranker_serve.batcher import _Job
+
+    rng = random.Random(7)
+    loop = asyncio.new_event_loop()
+    try:
+        for trial in range(30):
+            batcher = Batcher(lambda p: [0.0] * len(p), max_batch_tokens=rng.choice([64, 256, 1024]),
+                              max_batch_size=rng.choice([4, 8, 32]), max_queue=10_000, padded=padded,
+                              batch_max_wait=0.0 if trial % 3 == 0 else 10.0)
+            for seq in range(rng.randint(1, 12)):
+                job = _Job([Pair([1] * rng.randint(1, 200)) for _ in range(rng.randint(1, 20))], loop,
+                           loop.create_future(), seq, batch=rng.random() < 0.4)
+                batcher._jobs.append(job)
+                batcher._queued += len(job.pairs)
+            while batcher._jobs:
+                expected = _reference_batch(batcher, list(batcher._jobs))
+                picked = batcher._take_batch()
+                got = sorted((-len(job.pairs[i]), job.seq) for job, i in picked)
+                assert got == sorted((neg, seq) for _, neg, seq in expected), trial
+                assert len({(job.seq, i) for job, i in picked}) == len(picked)  # no pair twice
+    finally:
+        loop.close()
+
+
+class _Launcher:
+    """A device that computes asynchronously: launch returns at once, result() waits ``delay``."""
+
+    def __init__(self, delay: float) -> None:
+        import time as _time
+
+        self.delay, self.events, self._time = delay, [], _time
+
+    def launch(self, pairs):
+        number = sum(1 for kind, _ in self.events if kind == "launch") + 1
+        self.events.append(("launch", number))
+        started, launcher = self._time.perf_counter(), self
+
+        class Pending:
+            def result(self) -> list[float]:
+                launcher._time.sleep(max(0.0, launcher.delay - (launcher._time.perf_counter() - started)))
+                launcher.events.append(("done", number))
+                return [fake_score(p) for p in pairs]
+
+        return Pending()
+
+    def most_in_flight(self, *, after_first: bool = False) -> int:
+        events = self.events[self.events.index(("done", 1)):] if after_first else self.events
+        flying, most = (1 if after_first else 0), 0
+        for kind, _ in events[1:] if after_first else events:
+            flying += 1 if kind == "launch" else -1
+            most = max(most, flying)
+        return most
+
+
+@pytest.mark.parametrize("ahead_below,expected", [(None, 2), (1.0, 2), (0.005, 1)])
+def test_batches_are_launched_ahead_only_while_they_are_short(ahead_below, expected):
+    launcher = _Launcher(delay=0.02)
+    batcher = Batcher(lambda p: [fake_score(x) for x in p], launch=launcher.launch, depth=2, ahead_below=ahead_below,
+                      max_batch_tokens=64, max_batch_size=1, max_queue=100)
+    batcher.start()
+
+    async def scenario():
+        return await batcher.submit(pairs(3, 4, 5, 6, 7, 8), timeout=30)
+
+    try:
+        scored = asyncio.run(scenario())
+    finally:
+        batcher.close()
+    assert scored.scores == [fake_score(p) for p in pairs(3, 4, 5, 6, 7, 8)]
+    # Once a batch has been timed (20 ms), a 5 ms threshold keeps one batch at a time.
+    assert launcher.most_in_flight(after_first=True) == expected

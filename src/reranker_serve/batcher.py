@@ -26,11 +26,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from bisect import bisect_right
+import heapq
+from bisect import bisect_left
 from collections import deque
-from itertools import accumulate
+from itertools import islice
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from loguru import logger
 
@@ -71,6 +72,8 @@ class _Job:
     batch: bool = False  # X-Priority: batch (or its key's default)
     admitted: float = field(default_factory=time.perf_counter)
     remaining: set[int] = field(default_factory=set)
+    order: list[int] = field(default_factory=list)
+    neg_lengths: list[int] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
     left: int = 0
     started: float | None = None
@@ -79,8 +82,22 @@ class _Job:
 
     def __post_init__(self) -> None:
         self.remaining = set(range(len(self.pairs)))
+        # Pair indices longest first, and their lengths negated (ascending, for bisect and merge).
+        self.order = sorted(range(len(self.pairs)), key=lambda i: -len(self.pairs[i]))
+        self.neg_lengths = [-len(self.pairs[i]) for i in self.order]
         self.scores = [0.0] * len(self.pairs)
         self.left = len(self.pairs)
+
+    def first_remaining(self) -> int:
+        """Position in ``order`` of its longest pair not yet scheduled."""
+        return next(k for k, i in enumerate(self.order) if i in self.remaining)
+
+    def fitting(self, width: int, urgent: int) -> Iterator[tuple[int, int, int, int, _Job]]:
+        """Its unscheduled pairs of at most ``width`` tokens, longest first, as merge candidates."""
+        start = bisect_left(self.neg_lengths, -width)
+        for neg, i in zip(self.neg_lengths[start:], self.order[start:]):
+            if i in self.remaining:
+                yield urgent, neg, self.seq, i, self
 
     def settle(self, result: Scored | BaseException) -> None:
         def _set() -> None:
@@ -112,6 +129,7 @@ class Batcher:
         padded: bool = True,
         launch: Launch | None = None,
         depth: int = 1,
+        ahead_below: float | None = None,
         batch_max_wait: float = 10.0,
         batch_queue_share: float = 0.75,
     ) -> None:
@@ -120,6 +138,11 @@ class Batcher:
         # depth: batches in flight (2 on a GPU: the next one is assembled while one computes).
         self._launch = launch
         self._depth = max(1, depth)
+        # Launch ahead only while batches take less than this (seconds; None: always). Where a
+        # batch takes long the gap between two is negligible, and a batch launched ahead is one
+        # more that an interactive request arriving now must wait for.
+        self._ahead_below = ahead_below
+        self._batch_seconds = 0.0  # moving average of a batch's own compute time
         # Padded batches cost pairs × their longest pair; unpadded (packed) ones their real tokens.
         self.padded = padded
         self.max_batch_tokens = max_batch_tokens
@@ -137,6 +160,7 @@ class Batcher:
         self._seq = 0
         self._closed = False
         self._pairs_per_s = 0.0  # moving average, for Retry-After
+        self._last_done = 0.0  # when the last batch's scores were collected
         self._thread = threading.Thread(target=self._run, name="reranker-batcher", daemon=True)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -154,6 +178,11 @@ class Batcher:
             job.settle(RerankError(ErrorKind.NOT_READY, "the server is shutting down", retry_after=1))
         if self._thread.is_alive():
             self._thread.join(timeout=30)
+
+    @property
+    def depth(self) -> int:
+        """Most batches kept in flight (2: launched ahead, where the device computes asynchronously)."""
+        return self._depth if self._launch is not None else 1
 
     @property
     def queued_pairs(self) -> int:
@@ -237,6 +266,8 @@ class Batcher:
         # when the next one is already queued on the device).
         inflight: deque[_Flight] = deque()
         while True:
+            while inflight and len(inflight) >= self._depth_now():  # room for the next launch
+                self._finish(inflight.popleft())
             with self._cond:
                 while not self._closed and not self._jobs and not inflight:
                     self._cond.wait()
@@ -250,11 +281,22 @@ class Batcher:
                     batch = self._take_batch()
             if batch:
                 inflight.append(self._launch_batch(batch))
-            if inflight and (len(inflight) >= self._depth or not batch):
+            elif inflight:  # nothing new to launch: collect what computes
                 self._finish(inflight.popleft())
 
+    def _depth_now(self) -> int:
+        # Re-read after every collected batch: its time may have just crossed ahead_below.
+        short = self._ahead_below is None or self._batch_seconds < self._ahead_below
+        return self._depth if short else 1
+
     def _take_batch(self) -> list[tuple[_Job, int]]:
-        """Pick the next batch (see module docstring). Called with the lock held."""
+        """Pick the next batch (see module docstring). Called with the lock held.
+
+        Each job keeps its pairs ordered longest first, so the candidates come from a merge of
+        per-job streams that starts at each job's first pair that fits: the cost is the batch's
+        size times log(jobs), not a sort of every queued pair (this runs between forward passes,
+        while the model waits for it).
+        """
         live = []
         for job in self._jobs:
             if job.cancelled:
@@ -269,19 +311,20 @@ class Batcher:
         aged = time.perf_counter() - self.batch_max_wait
         urgency = {id(job): int(job.batch and job.admitted > aged) for job in live}
         seed = min(live, key=lambda job: (urgency[id(job)], job.seq))
-        width = max(len(seed.pairs[i]) for i in seed.remaining)
-        candidates = sorted(
-            ((-urgency[id(job)], len(job.pairs[i]), -job.seq, i, job)
-             for job in live for i in job.remaining if len(job.pairs[i]) <= width),
-            key=lambda c: (c[0], c[1], c[2]),
-            reverse=True,
-        )
+        width = -seed.neg_lengths[seed.first_remaining()]
+        # Most urgent class first, then longest first, then oldest request first.
+        merged = heapq.merge(*(job.fitting(width, urgency[id(job)]) for job in live))
         if self.padded:
             cap = max(1, min(self.max_batch_size, self.max_batch_tokens // max(width, 1)))
+            chosen = list(islice(merged, cap))
         else:
-            lengths = list(accumulate(c[1] for c in candidates[: self.max_batch_size]))
-            cap = max(1, bisect_right(lengths, self.max_batch_tokens))
-        batch = [(job, i) for _, _, _, i, job in candidates[:cap]]
+            chosen, tokens = [], 0
+            for candidate in merged:
+                tokens -= candidate[1]
+                if len(chosen) == self.max_batch_size or (chosen and tokens > self.max_batch_tokens):
+                    break
+                chosen.append(candidate)
+        batch = [(job, i) for _, _, _, i, job in chosen]
         for job, i in batch:
             job.remaining.discard(i)
         # Jobs with nothing left to schedule leave the queue; their in-flight pairs settle them.
@@ -314,7 +357,12 @@ class Batcher:
             except Exception as final:  # the model failed: fail exactly the requests in this batch
                 self._fail(batch, final)
                 return
-        elapsed = time.perf_counter() - start
+        # With two batches in flight this one queued behind the previous: its own time starts
+        # when that one was collected (else the rate, and Retry-After with it, would halve).
+        now = time.perf_counter()
+        elapsed = now - max(start, self._last_done)
+        self._last_done = now
+        self._batch_seconds = elapsed if self._batch_seconds == 0 else 0.8 * self._batch_seconds + 0.2 * elapsed
         rate = len(batch) / elapsed if elapsed > 0 else 0.0
         self._pairs_per_s = rate if self._pairs_per_s == 0 else 0.8 * self._pairs_per_s + 0.2 * rate
         if self.on_batch is not None:

@@ -255,6 +255,10 @@ class Settings(BaseSettings):
     batch_wait_ms: float = Field(
         0.0, ge=0, le=1000, description="Extra wait for more pairs when a batch is not full (0: none)."
     )
+    warmup_seconds: float = Field(
+        30.0, ge=0, description="Most seconds start-up spends running the model over the batch shapes it will see, "
+        "where a new shape costs preparation (0: one small pass only).",
+    )
     batch_max_wait: float = Field(
         10.0, gt=0, description="Seconds after which a batch-priority request is served like an interactive one."
     )

@@ -122,7 +122,8 @@ class ModelRegistry:
 
     async def load(self, *, on_failure: Callable[[str], None] | None = None) -> None:
         """Load every model not loaded yet, one after the other; stop at the first failure."""
-        device_lock = threading.Lock()  # every model runs on the same device: one forward pass at a time
+        # Every model runs on the same device: with several, one forward pass at a time.
+        device_lock = threading.Lock() if len(self.specs) > 1 else None
         for spec in self.specs:
             if self.state(spec) is not ModelState.LOADING:
                 continue

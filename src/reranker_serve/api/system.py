@@ -41,6 +41,11 @@ class ModelInfo(BaseModel):
     batch_size: int
     max_batch_tokens: int
     max_queue: int
+    batches_in_flight: int | None = Field(
+        None, description="Most forward passes kept in flight: 2 where the device computes asynchronously "
+        "(CUDA; OpenVINO while its batches take under 50 ms), so the next batch is queued while one computes; "
+        "1 otherwise.",
+    )
     takes_instruction: bool | None = Field(description="Whether requests may send an `instruction`.")
 
 
@@ -101,6 +106,7 @@ def _model_info(registry: ModelRegistry, spec: ModelSpec) -> ModelInfo:
         batch_size=engine.batcher.max_batch_size if engine else spec.batch_size,
         max_batch_tokens=engine.batcher.max_batch_tokens if engine else spec.max_batch_tokens,
         max_queue=spec.max_queue,
+        batches_in_flight=engine.batcher.depth if engine else None,
         takes_instruction=model.takes_instruction if model else None,
     )
 

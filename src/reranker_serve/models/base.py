@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from itertools import chain
-from typing import Iterable, Literal, Protocol, Sequence
+from typing import Callable, Iterable, Literal, Protocol, Sequence
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -99,11 +100,12 @@ class Pending:
     (by then the batcher has the next batch queued behind this one). Elsewhere it is a list.
     """
 
-    __slots__ = ("_event", "_host")
+    __slots__ = ("_event", "_host", "_later")
 
     def __init__(self, raw: torch.Tensor) -> None:
         raw = raw.float()
         self._event = None
+        self._later: Callable[[], torch.Tensor] | None = None
         if raw.is_cuda:
             self._host = torch.empty(raw.shape, dtype=torch.float32, pin_memory=True)
             self._host.copy_(raw, non_blocking=True)
@@ -112,7 +114,16 @@ class Pending:
         else:
             self._host = raw
 
+    @classmethod
+    def later(cls, compute: Callable[[], torch.Tensor]) -> Pending:
+        """Scores an asynchronous runner is computing: ``compute()`` waits for them (OpenVINO)."""
+        pending = cls.__new__(cls)
+        pending._event, pending._host, pending._later = None, None, compute
+        return pending
+
     def result(self) -> list[float]:
+        if self._later is not None:
+            self._host, self._later = self._later().float(), None
         if self._event is not None:
             self._event.synchronize()
         return self._host.tolist()  # type: ignore[no-any-return]
@@ -128,17 +139,21 @@ def sigmoid(x: float) -> float:
 
 def padded_layout(lengths: Sequence[int], *, side: Literal["right", "left"]) -> torch.Tensor:
     """The (pairs, longest) mask of where a batch's real tokens go, padding on ``side``."""
-    sizes = torch.tensor(lengths, dtype=torch.long)
+    # Built in numpy and shared with torch without a copy: a few small torch ops cost ~10x more
+    # in dispatch than the work itself, and this runs in the batcher thread between forward passes.
+    sizes = np.asarray(lengths, dtype=np.int64)
     width = int(sizes.max())
-    columns = torch.arange(width)[None, :]
-    return columns < sizes[:, None] if side == "right" else columns >= (width - sizes)[:, None]
+    columns = np.arange(width)[None, :]
+    return torch.from_numpy(columns < sizes[:, None] if side == "right" else columns >= (width - sizes)[:, None])
 
 
 def scatter_rows(rows: Iterable[Sequence[int]], layout: torch.Tensor, fill: int) -> torch.Tensor:
     """Rows of ids laid into a padded tensor at ``layout`` (one flat copy, no Python loop per pair)."""
-    out = torch.full(layout.shape, fill, dtype=torch.long)
-    out[layout] = torch.tensor(list(chain.from_iterable(rows)), dtype=torch.long)  # row-major: each row in order
-    return out
+    where = layout.numpy()
+    out = np.full(where.shape, fill, dtype=np.int64)
+    # row-major: each row's ids land in order in its row's True cells
+    out[where] = np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=int(where.sum()))
+    return torch.from_numpy(out)
 
 
 def pad(batch: Sequence[Pair], pad_id: int, *, side: Literal["right", "left"], device: str) -> dict[str, torch.Tensor]:
@@ -149,7 +164,7 @@ def pad(batch: Sequence[Pair], pad_id: int, *, side: Literal["right", "left"], d
     be alone.
     """
     layout = padded_layout([len(p) for p in batch], side=side)
-    mask = layout.long()
+    mask = torch.from_numpy(layout.numpy().astype(np.int64))
     out = {"input_ids": scatter_rows((p.ids for p in batch), layout, pad_id), "attention_mask": mask}
     if side == "left":
         out["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)

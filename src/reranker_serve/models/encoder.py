@@ -84,6 +84,7 @@ class SequenceClassificationReranker:
         # What runs it, as /info and the batcher see it: the runner's, copied when it changes.
         self._runner = runner
         self.backend, self.attention, self.padded = runner.backend, runner.attention, runner.padded
+        self.asynchronous = runner.asynchronous
         self.device, self.dtype_name = runner.device, runner.dtype_name
 
     def encode(self, query: str, documents: Sequence[str], options: EncodeOptions) -> list[Pair]:
@@ -96,6 +97,9 @@ class SequenceClassificationReranker:
 
     @torch.inference_mode()
     def launch(self, batch: Sequence[Pair]) -> Pending:
+        if self.asynchronous:
+            logits = self.runner.start(batch)
+            return Pending.later(lambda: self.raw_scores(logits()))
         return Pending(self.raw_scores(self.runner.logits(batch)))
 
     def forward(self, batch: Sequence[Pair]) -> list[float]:

@@ -18,7 +18,8 @@ from __future__ import annotations
 import sys
 import time
 import warnings
-from typing import Any, Sequence
+from collections import deque
+from typing import Any, Callable, Sequence
 
 import torch
 from loguru import logger
@@ -57,21 +58,58 @@ def openvino_available() -> bool:
     return True
 
 
+class _Flight:
+    """One batch started on an infer request; ``logits()`` waits for it and copies the result out."""
+
+    __slots__ = ("request", "output")
+
+    def __init__(self, request: Any) -> None:
+        self.request = request
+        self.output: torch.Tensor | None = None
+
+    def logits(self) -> torch.Tensor:
+        if self.output is None:
+            self.request.wait()  # releases the GIL
+            # Copied: the request's output buffer is reused by the batch after next.
+            self.output = torch.from_numpy(self.request.get_output_tensor(0).data.copy())
+        return self.output
+
+
 class OpenVINORunner(Runner):
-    """The padded inputs of a batch through an OpenVINO compiled model (one infer request)."""
+    """The padded inputs of a batch through an OpenVINO compiled model, two batches in flight.
+
+    Two infer requests take turns: batch n+1 is started (queued behind batch n on OpenVINO's one
+    stream) before batch n's scores are collected, so the cores go from one batch to the next
+    without waiting for Python. In a busy server the batcher thread's turn at the GIL (the event
+    loop and tokenizer threads hold it too) took ~1 ms per batch, 15% of a small model's pass
+    (docs/benchmarks.md); started ahead, that wait overlaps the computation instead. Calls come
+    from one thread at a time (the batcher's, or start-up's).
+    """
 
     backend = "openvino"
+    asynchronous = True
 
     def __init__(self, compiled: Any, feed: Feed, *, dtype: torch.dtype) -> None:
-        self._request = compiled.create_infer_request()
+        self._requests = deque(compiled.create_infer_request() for _ in range(2))
+        self._flights: dict[int, _Flight] = {}  # request slot -> its last batch, until collected
         self._inputs = {port.get_any_name() for port in compiled.inputs}
         self.feed = feed
         self.device = "cpu"
         self.dtype = dtype
 
-    def logits(self, batch: Sequence[Pair]) -> torch.Tensor:
+    def start(self, batch: Sequence[Pair]) -> Callable[[], torch.Tensor]:
         inputs = padded_inputs(batch, self.feed, device="cpu")
-        return torch.from_numpy(self._request.infer({k: v.numpy() for k, v in inputs.items() if k in self._inputs})[0])
+        request = self._requests[0]
+        self._requests.rotate(-1)
+        previous = self._flights.get(id(request))
+        if previous is not None:
+            previous.logits()  # its result is kept before the request is reused
+        request.start_async({k: v.numpy() for k, v in inputs.items() if k in self._inputs}, share_inputs=False)
+        flight = self._flights[id(request)] = _Flight(request)
+        return flight.logits
+
+    def logits(self, batch: Sequence[Pair]) -> torch.Tensor:
+        return self.start(batch)()
 
 
 def to_openvino(model: Any, feed: Feed, *, dtype: torch.dtype, threads: int, name: str) -> OpenVINORunner:

@@ -100,11 +100,19 @@ class Runner(ABC):
     backend: str = "torch"  # what executes it (/info)
     attention: str = "padded"  # padded or unpadded (/info)
     padded: bool = True  # whether a batch costs pairs × its longest pair (else: its real tokens)
+    # Whether start() returns before the batch is computed: the batcher then keeps two batches
+    # in flight (the next one assembled and queued while this one computes).
+    asynchronous: bool = False
     device: str
     dtype: torch.dtype
 
     @abstractmethod
     def logits(self, batch: Sequence[Pair]) -> torch.Tensor: ...
+
+    def start(self, batch: Sequence[Pair]) -> Callable[[], torch.Tensor]:
+        """Start computing a batch's logits; the call returned waits for them. Here: computed now."""
+        out = self.logits(batch)
+        return lambda: out
 
     @property
     def dtype_name(self) -> str:
