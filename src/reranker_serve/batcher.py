@@ -1,5 +1,7 @@
 """The scheduler between requests and the model: pairs from all requests, packed into
-length-sorted batches under a padded-token budget, run one batch at a time in a worker thread.
+length-sorted batches under a padded-token budget, run by one worker thread: one batch at a
+time, or, where the device computes asynchronously (CUDA; OpenVINO while batches are short),
+the next batch launched while the last one computes.
 
 Why this shape (measured in docs/benchmarks.md): on CPU most of the throughput comes from
 (1) never padding a 20-token pair to 400 tokens, (2) batches sized by tokens, not pair count,
