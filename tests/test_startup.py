@@ -129,6 +129,29 @@ def test_request_ids_in_the_text_log_with_several_workers(tmp_path, tiny_model):
     assert any("| req-worker-42 | POST /rerank 200" in line for line in lines), log.read_text()[-2000:]
 
 
+def test_with_several_workers_ready_means_every_worker_is_ready(tmp_path, tiny_model):
+    # Each worker accepts connections while it loads (its /health must answer), so /ready from
+    # any of them must wait for all: else a client that waited for /ready meets a warming worker.
+    from conftest import RunningServer, settings_for
+    from reranker_serve.app import WorkerReadiness, create_app
+
+    app = create_app(settings_for(tiny_model))
+    app.state.readiness = WorkerReadiness(str(tmp_path), workers=2)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / dead.stdout.strip()).write_text("")  # a worker that was ready, then died
+    srv = RunningServer(app, wait_ready=False)
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / str(os.getpid())).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)  # this worker marks itself once its model is loaded and warmed
+        reply = srv.client.get("/ready")
+        assert (reply.status_code, reply.json()["status"]) == (503, "loading")  # one live worker of two
+        (tmp_path / str(os.getppid())).write_text("")  # the second worker (any live pid) is ready
+        assert srv.client.get("/ready").status_code == 200
+    finally:
+        srv.stop()
+
+
 def test_several_workers_stop_when_the_model_fails_to_load(tmp_path):
     folder = tmp_path / "broken"
     folder.mkdir()

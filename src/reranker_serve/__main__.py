@@ -148,7 +148,7 @@ def _serve_in_workers(settings: Settings, overrides: dict[str, object], *, reloa
 
     import uvicorn
 
-    from .app import FAILURE_FILE_VARIABLE
+    from .app import FAILURE_FILE_VARIABLE, READY_DIR_VARIABLE
     from .keys import BUCKETS_FILE_VARIABLE, RateLimiter
 
     for key, value in overrides.items():
@@ -157,8 +157,10 @@ def _serve_in_workers(settings: Settings, overrides: dict[str, object], *, reloa
     buckets = RateLimiter.create_file()
     os.environ[BUCKETS_FILE_VARIABLE] = buckets
     try:
-        with tempfile.NamedTemporaryFile("r", prefix="reranker-serve-", suffix=".failure") as failure:
+        with tempfile.NamedTemporaryFile("r", prefix="reranker-serve-", suffix=".failure") as failure, \
+                tempfile.TemporaryDirectory(prefix="reranker-serve-ready-") as ready:
             os.environ[FAILURE_FILE_VARIABLE] = failure.name
+            os.environ[READY_DIR_VARIABLE] = ready
             uvicorn.run("reranker_serve.app:create_worker_app", factory=True, workers=settings.workers, reload=reload,
                         **common)  # type: ignore[arg-type]
             failed = failure.read().strip()

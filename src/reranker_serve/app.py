@@ -86,9 +86,18 @@ def create_app(
         app.state.reranker = Reranker(registry, tracing=tracing)
         # Worker processes share one bucket file (made by __main__), so a key's limits hold server-wide.
         app.state.limiter = RateLimiter(os.environ.get(BUCKETS_FILE_VARIABLE))
+        readiness: WorkerReadiness | None = app.state.readiness
+
+        async def load() -> None:
+            await registry.load(on_failure=on_load_failure)
+            if registry.ready and readiness is not None:
+                readiness.mark()
+
         loader = None
         if not registry.ready:
-            loader = asyncio.create_task(registry.load(on_failure=on_load_failure))
+            loader = asyncio.create_task(load())
+        elif readiness is not None:
+            readiness.mark()
         try:
             # SIGHUP re-reads the key file at once (a changed file is also picked up within a second).
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, app.state.keys.reload)
@@ -115,6 +124,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.readiness = None  # several worker processes: create_worker_app sets it
     app.state.keys = KeyRing(settings.api_keys, single_key=settings.api_key)
     if settings.cors_origins:  # off unless configured: a browser page should not call us by default
         app.add_middleware(
@@ -143,6 +153,37 @@ FAILURE_FILE_VARIABLE = "_RERANKER_SERVE_FAILURE_FILE"
 _STARTUP_FAILURE = 3  # uvicorn.server.STARTUP_FAILURE
 
 
+# How worker processes tell each other they are ready: each creates a file named by its pid in
+# this folder (made by __main__) once its models are loaded and warmed up, and /ready is 200
+# only when every live worker has. Each worker accepts connections while it loads (so /health
+# answers), so without this a client that waited for /ready could reach a worker still warming
+# up and get 503.
+READY_DIR_VARIABLE = "_RERANKER_SERVE_READY_DIR"
+
+
+class WorkerReadiness:
+    """The ready workers of a multi-process server, counted from pid files in one folder."""
+
+    def __init__(self, folder: str, workers: int) -> None:
+        self.folder, self.workers = folder, workers
+
+    def mark(self) -> None:
+        with open(os.path.join(self.folder, str(os.getpid())), "w", encoding="utf-8"):
+            pass
+
+    def all_ready(self) -> bool:
+        ready = 0
+        for entry in os.scandir(self.folder):
+            try:
+                os.kill(int(entry.name), 0)  # a worker that died (and was replaced) does not count
+            except (ValueError, ProcessLookupError):
+                continue
+            except PermissionError:
+                pass  # alive, someone else's
+            ready += 1
+        return ready >= self.workers
+
+
 def create_worker_app() -> FastAPI:
     """The app factory of worker processes (``uvicorn ... --factory``): each is a fresh
     interpreter, so it sets up offline mode and logging itself, as ``__main__`` does."""
@@ -163,4 +204,8 @@ def create_worker_app() -> FastAPI:
         logger.complete()
         os._exit(_STARTUP_FAILURE)
 
-    return create_app(settings, on_load_failure=stop_everything)
+    app = create_app(settings, on_load_failure=stop_everything)
+    folder = os.environ.get(READY_DIR_VARIABLE)
+    if folder:
+        app.state.readiness = WorkerReadiness(folder, settings.workers)
+    return app

@@ -123,9 +123,10 @@ async def health(settings: SettingsDep) -> Status:
     responses={503: {"model": Status, "description": "Model loading, or failed to load"}},
     summary="Readiness: the model is loaded and warmed up",
 )
-async def ready(registry: RegistryDep, settings: SettingsDep) -> Status | JSONResponse:
+async def ready(request: Request, registry: RegistryDep, settings: SettingsDep) -> Status | JSONResponse:
     instance = settings.instance_id
-    if registry.ready:
+    readiness = request.app.state.readiness  # several workers: ready when every one of them is
+    if registry.ready and (readiness is None or readiness.all_ready()):
         return Status(status="ready", instance=instance)
     error = registry.load_error
     status = Status(status="failed", error=error, instance=instance) if error else Status(status="loading",
