@@ -91,6 +91,9 @@ def ray_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
         tiny_model, port,
         RERANKER_MODELS=",".join(f"{name}={tiny_model}" for name in NAMES),
         RERANKER_DEVICE="cpu", RERANKER_MAX_LENGTH="128", RERANKER_NUM_THREADS="1",
+        # No shape sweep: these tests are about Serve, and two replicas warming up at once on a
+        # busy 2-core CI machine only lengthen their start.
+        RERANKER_WARMUP_SECONDS="0",
         RERANKER_RAY_REPLICAS="2", RERANKER_RAY_NUM_CPUS="0.5",
         # Every request must reach a replica's engine (spread, failover), and answers are compared
         # with a server without the score cache (tests/conftest.py's settings).
