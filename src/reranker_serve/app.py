@@ -11,6 +11,7 @@ import asyncio
 import os
 import signal
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, AsyncIterator, Callable, Sequence
 
 from fastapi import FastAPI, Request, Response, Security
@@ -168,8 +169,7 @@ class WorkerReadiness:
         self.folder, self.workers = folder, workers
 
     def mark(self) -> None:
-        with open(os.path.join(self.folder, str(os.getpid())), "w", encoding="utf-8"):
-            pass
+        Path(self.folder, str(os.getpid())).touch()
 
     def all_ready(self) -> bool:
         ready = 0

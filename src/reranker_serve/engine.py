@@ -142,11 +142,11 @@ class Engine:
         budget = self.settings.warmup_seconds
         if budget <= 0:
             return
+        text = " ".join(["warm"] * 2 * self.model.max_length)  # longer than any window: cut to each length
         if not self.model.device.startswith("cuda"):
-            self._warm_shapes(budget)
+            self._warm_shapes(budget, text)
             return
         started = time.perf_counter()
-        text = " ".join(["warm"] * 2 * self.model.max_length)
         length = 32
         while length <= self.model.max_length and time.perf_counter() - started < budget:
             try:
@@ -164,7 +164,7 @@ class Engine:
         """Pairs in a padded batch of pairs ``length`` tokens long when the queue is deep (the budget's cap)."""
         return max(1, min(self.batcher.max_batch_size, self.batcher.max_batch_tokens // max(1, length)))
 
-    def _warm_shapes(self, budget: float) -> None:
+    def _warm_shapes(self, budget: float, text: str) -> None:
         """CPU: run each batch shape the batcher forms under load once, if new shapes cost much.
 
         OpenVINO (and oneDNN under torch) prepare kernels for every new input shape and keep
@@ -178,7 +178,6 @@ class Engine:
         """
         if not getattr(self.model, "padded", True):
             return  # packed batches are one (1, tokens) sequence: no fixed set of shapes to warm
-        text = " ".join(["warm"] * 2 * self.model.max_length)
         full = self.model.encode("warm up", [text], self.encode_options())[0]
         if full.shared or full.before_doc or full.after_doc:
             return  # prompt templates (LLM rerankers): large models, where preparation is negligible

@@ -164,7 +164,7 @@ def pad(batch: Sequence[Pair], pad_id: int, *, side: Literal["right", "left"], d
     be alone.
     """
     layout = padded_layout([len(p) for p in batch], side=side)
-    mask = torch.from_numpy(layout.numpy().astype(np.int64))
+    mask = layout.long()
     out = {"input_ids": scatter_rows((p.ids for p in batch), layout, pad_id), "attention_mask": mask}
     if side == "left":
         out["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)

@@ -63,9 +63,9 @@ class _Flight:
 
     __slots__ = ("request", "output")
 
-    def __init__(self, request: Any) -> None:
+    def __init__(self, request: Any, output: torch.Tensor | None = None) -> None:
         self.request = request
-        self.output: torch.Tensor | None = None
+        self.output = output  # set: collected (or, for a request not used yet, nothing to collect)
 
     def logits(self) -> torch.Tensor:
         if self.output is None:
@@ -90,8 +90,8 @@ class OpenVINORunner(Runner):
     asynchronous = True
 
     def __init__(self, compiled: Any, feed: Feed, *, dtype: torch.dtype) -> None:
-        self._requests = deque(compiled.create_infer_request() for _ in range(2))
-        self._flights: dict[int, _Flight] = {}  # request slot -> its last batch, until collected
+        # The last batch of each request, oldest first (idle requests to begin with).
+        self._flights = deque(_Flight(compiled.create_infer_request(), torch.empty(0)) for _ in range(2))
         self._inputs = {port.get_any_name() for port in compiled.inputs}
         self.feed = feed
         self.device = "cpu"
@@ -99,13 +99,11 @@ class OpenVINORunner(Runner):
 
     def start(self, batch: Sequence[Pair]) -> Callable[[], torch.Tensor]:
         inputs = padded_inputs(batch, self.feed, device="cpu")
-        request = self._requests[0]
-        self._requests.rotate(-1)
-        previous = self._flights.get(id(request))
-        if previous is not None:
-            previous.logits()  # its result is kept before the request is reused
-        request.start_async({k: v.numpy() for k, v in inputs.items() if k in self._inputs}, share_inputs=False)
-        flight = self._flights[id(request)] = _Flight(request)
+        oldest = self._flights.popleft()
+        oldest.logits()  # its result is kept before its request is reused
+        oldest.request.start_async({k: v.numpy() for k, v in inputs.items() if k in self._inputs}, share_inputs=False)
+        flight = _Flight(oldest.request)
+        self._flights.append(flight)
         return flight.logits
 
     def logits(self, batch: Sequence[Pair]) -> torch.Tensor:
