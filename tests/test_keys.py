@@ -48,14 +48,14 @@ def test_over_its_request_limit_a_key_gets_429_with_retry_after_while_others_are
     assert c.post("/v2/rerank", json=BODY, headers=bearer(CHAT)).status_code == 200
 
 
-def test_pair_limit_counts_documents_and_refuses_what_could_never_fit(keyed):
+def test_pair_limit_counts_pairs_and_refuses_what_could_never_fit(keyed):
     c = keyed.client
     five = {"query": QUERY, "documents": DOCS[:5]}
     assert c.post("/rerank", json=five, headers=bearer(NIGHTLY)).status_code == 200
     assert c.post("/rerank", json=five, headers=bearer(NIGHTLY)).status_code == 200
     r = c.post("/api/v1/rerank", json=five, headers=bearer(NIGHTLY))
     assert r.status_code == 429 and r.headers["retry-after"] in ("4", "5")  # 5 pairs at 1 pair/s
-    assert "60 documents per minute" in r.json()["detail"]
+    assert "60 pairs per minute (pairs_per_minute, chunks included)" in r.json()["detail"]
     eleven = {"query": QUERY, "documents": (DOCS * 3)[:11]}
     r = c.post("/v1/rerank", json=eleven, headers=bearer(NIGHTLY))
     assert r.status_code == 400 and "exceed the 10 that key 'nightly' may send at once" in r.json()["message"]

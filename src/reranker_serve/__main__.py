@@ -153,8 +153,8 @@ def _serve_in_workers(settings: Settings, overrides: dict[str, object], *, reloa
 
     for key, value in overrides.items():
         os.environ[f"{ENV_PREFIX}{key.upper()}"] = str(value)
-    # One bucket file for every worker: a key's rate limits hold for the server, not per process.
-    buckets = RateLimiter.create_file()
+    # One bucket memory for every worker: a key's rate limits hold for the server, not per process.
+    buckets, buckets_fd = RateLimiter.create_file()
     os.environ[BUCKETS_FILE_VARIABLE] = buckets
     try:
         with tempfile.NamedTemporaryFile("r", prefix="reranker-serve-", suffix=".failure") as failure, \
@@ -165,7 +165,7 @@ def _serve_in_workers(settings: Settings, overrides: dict[str, object], *, reloa
                         **common)  # type: ignore[arg-type]
             failed = failure.read().strip()
     finally:
-        os.unlink(buckets)
+        RateLimiter.remove_file(buckets, buckets_fd)
     return _exit_code(failed=bool(failed))
 
 if __name__ == "__main__":

@@ -72,6 +72,10 @@ class Metrics:
                                        registry=r)
         self.cache_bytes = Gauge("reranker_cache_bytes", "Memory held by the score cache", registry=r)
         self.cache_entries = Gauge("reranker_cache_entries", "Scores held by the score cache", registry=r)
+        # RERANKER_REDIS_URL (shared.py): operations that used local state because Redis could not be reached.
+        self.redis_fallbacks = Counter("reranker_redis_fallbacks", "Limit checks (limits) and cache lookups (cache) "
+                                       "that fell back to this server's own state: Redis unreachable", ["operation"],
+                                       registry=r)
 
     def observe_batch(self, model: str, pairs: int, padded_tokens: int) -> None:
         self.batch_pairs.labels(model).observe(pairs)

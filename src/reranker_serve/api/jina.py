@@ -56,7 +56,7 @@ class JinaRerankRequest(BaseModel):
         )
 
     def reply(self, result: RerankResult) -> JinaRerankResponse:
-        return JinaRerankResponse(model=result.model, usage=Usage(total_tokens=result.total_tokens),
+        return JinaRerankResponse(model=result.model, usage=Usage.of(result),
                                   results=ranked_documents(result))
 
 

@@ -53,7 +53,7 @@ class NativeRerankRequest(BaseModel):
 
     def reply(self, result: RerankResult) -> NativeRerankResponse:
         return NativeRerankResponse(model=result.model, results=ranked_documents(result),
-                                    usage=Usage(total_tokens=result.total_tokens))
+                                    usage=Usage.of(result))
 
 
 class NativeRerankResponse(BaseModel):
