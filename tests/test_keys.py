@@ -174,3 +174,35 @@ def test_a_keys_batch_priority_lets_interactive_requests_pass_its_flood(tiny_mod
     finally:
         srv.stop()
     assert finished == ["chat", "nightly"]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_server_killed_with_sigkill_leaves_no_bucket_file_behind(tmp_path, tiny_model, workers):
+    """Issue 21: kill -9 left /tmp/reranker-serve-*.buckets behind. The buckets are in memory of
+    the processes (one process) or a memfd the workers open through /proc (several): no name
+    in any folder, whatever ends the server."""
+    import os
+    import subprocess
+    import sys
+
+    from procs import ROOT
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    port = free_port()
+    keys = json.dumps({"k": {"key": "sk-kill-key-0123", "requests_per_second": 0.01, "requests_burst": 2}})
+    env = server_env(tiny_model, port, RERANKER_API_KEYS=keys, RERANKER_WORKERS=workers, RERANKER_WARMUP_SECONDS="0",
+                     TMPDIR=str(tmp))
+    with (tmp_path / "server.log").open("w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "reranker_serve"], env=env, cwd=ROOT, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_ready(port, proc, timeout=180)
+        statuses = [httpx.post(f"http://127.0.0.1:{port}/rerank", json=BODY, headers=bearer("sk-kill-key-0123"),
+                               timeout=60).status_code for _ in range(3)]
+        assert statuses == [200, 200, 429]  # the buckets work
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    time.sleep(0.5)  # the workers (same process group) are gone too
+    assert not list(tmp.glob("reranker-serve-*.buckets"))
