@@ -52,6 +52,10 @@ SMALL = {"query": "What is the capital of France?",
          "documents": ["Paris is the capital of France.", "Berlin is the capital of Germany.", "The cat sat on the mat."]}
 
 
+# Every request computed: the score cache would answer the repeated 3-document request from memory.
+NO_CACHE = {"Cache-Control": "no-cache"}
+
+
 def queued(url: str) -> float:
     for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
         if line.startswith("reranker_queue_depth{"):
@@ -63,7 +67,7 @@ def latencies(client: httpx.Client, url: str, n: int) -> list[float]:
     out = []
     for _ in range(n):
         started = time.perf_counter()
-        r = client.post(f"{url}/rerank", json=SMALL)
+        r = client.post(f"{url}/rerank", json=SMALL, headers=NO_CACHE)
         out.append(time.perf_counter() - started)
         assert r.status_code == 200, r.text
     return out
@@ -99,7 +103,7 @@ def main() -> int:
 
             def run_attack() -> None:
                 started = time.perf_counter()
-                r = httpx.post(f"{url}/rerank", json=body, timeout=900)
+                r = httpx.post(f"{url}/rerank", json=body, headers=NO_CACHE, timeout=900)
                 answer.update(status=r.status_code, seconds=round(time.perf_counter() - started, 1),
                               body=r.json() if r.status_code != 200 else None,
                               tokens=r.json()["usage"]["total_tokens"] if r.status_code == 200 else None)

@@ -229,10 +229,9 @@ class Reranker:
                 todo[key] = i
         hits = n - sum(value is None for value in cached)
         cache.count(engine.model.name, hits=hits, misses=n - hits)
-        if not todo:
-            return _Scores(raw=[v.score for v in cached], usage=TokenUsage(sum(v.tokens for v in cached),  # type: ignore[union-attr]
-                                                                          sum(v.tokens for v in cached)),  # type: ignore[union-attr]
-                           hits=hits)
+        if not todo:  # every score from the cache: the whole cost is cached
+            total = sum(v.tokens for v in cached if v is not None)
+            return _Scores(raw=[v.score for v in cached if v is not None], usage=TokenUsage(total, total), hits=hits)
         # Every pair not cached is tokenized, those another request computes too: the request's
         # cost (the token cap, usage) does not depend on what else is running.
         order = list(todo)
