@@ -34,8 +34,9 @@ class EngineScores:
 
 
 _INLINE_TOKENIZE_CHARS = 4096
-# Documents of the first pass (warm_up), whose exact logits fingerprint the weights.
-_PROBES = ("the engine is warming up", "Paris is the capital of France.", "0 1 2 3 4 5 6 7 8 9")
+# The document of the first pass (warm_up), whose exact logit (with the model's description,
+# cache.py) fingerprints the weights: any change of weights moves it.
+_PROBE = "the engine is warming up"
 # Below this (seconds per new batch shape) preparation is not worth a start-up sweep, whatever
 # the compute: timing noise on a busy machine is of this order.
 _NEGLIGIBLE_PREPARATION = 0.0005
@@ -144,7 +145,7 @@ class Engine:
         activations the server will allocate, and each length's GEMM heuristics); on the CPU the
         batch shapes themselves, where a first sight of a shape costs preparation (``_warm_shapes``).
         """
-        pairs = self.model.encode("warm up", list(_PROBES), self.encode_options())
+        pairs = self.model.encode("warm up", [_PROBE], self.encode_options())
         self.fingerprint = struct.pack(f"<{len(pairs)}d", *self.model.forward(pairs))
         budget = self.settings.warmup_seconds
         if budget <= 0:

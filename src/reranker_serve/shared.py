@@ -9,7 +9,7 @@ cache. Pointed at one Redis, they enforce one limit per key and share cached sco
               so replicas with skewed clocks agree; a full bucket expires (it needs no state)
     scores    one string per (partition, model, encoding, query, document) digest, as cache.py
               keys them but with the model identified by its weights' fingerprint (the exact
-              logits of probe pairs at start-up) instead of a per-process nonce: replicas of the
+              logit of a probe pair at start-up) instead of a per-process nonce: replicas of the
               same weights share, different weights never do. Value: the raw score (float64)
               and the pair's tokens. Entries expire after RERANKER_REDIS_CACHE_TTL seconds; the
               Redis's own ``maxmemory`` (with an ``allkeys-lru`` policy) bounds its size.
