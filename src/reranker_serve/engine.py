@@ -88,7 +88,7 @@ class Engine:
         self.settings = settings
         self.spec = spec or settings.model_specs[0]
         self.load_seconds = load_seconds
-        # The exact logits of probe pairs (warm_up): the same weights give the same bytes in
+        # The exact logit of the probe pair (warm_up): the same weights give the same bytes in
         # every replica, so the score cache on Redis can be shared by them (cache.py). None: not
         # measured (an engine built around a model in tests), no shared cache for it.
         self.fingerprint: bytes | None = None
