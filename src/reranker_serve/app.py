@@ -92,6 +92,7 @@ def create_app(
 
             shared = SharedState(settings.redis_url, prefix=settings.redis_prefix, timeout=settings.redis_timeout,
                                  cache_ttl=settings.redis_cache_ttl, metrics=metrics)
+            await shared.check()
         app.state.limits = KeyLimits(app.state.limiter, shared=shared)
         app.state.reranker = Reranker(registry, tracing=tracing, limits=app.state.limits, shared=shared)
         readiness: WorkerReadiness | None = app.state.readiness

@@ -92,6 +92,15 @@ class SharedState:
     async def close(self) -> None:
         await self._redis.aclose()
 
+    async def check(self) -> None:
+        """At start-up: say in the log whether the shared state is there (a failure is the warning)."""
+        try:
+            await self._redis.ping()
+        except Exception as exc:
+            self._failed(None, exc)  # not a fallback yet: no request asked
+            return
+        logger.info("key limits and the score cache are shared through Redis at {}", self._where())
+
     # -- availability ---------------------------------------------------------------------------
     def _available(self, operation: str) -> bool:
         if time.monotonic() >= self._down_until:
@@ -99,14 +108,15 @@ class SharedState:
         self._fell_back(operation)
         return False
 
-    def _failed(self, operation: str, exc: Exception) -> None:
+    def _failed(self, operation: str | None, exc: Exception) -> None:
         self._down_until = time.monotonic() + _RETRY_AFTER
         if not self._down:
             self._down = True
             logger.warning("Redis at {} unreachable ({}: {}): limits and the score cache are this server's own "
                            "until it is back (retried every {:g} s)", self._where(), type(exc).__name__, exc,
                            _RETRY_AFTER)
-        self._fell_back(operation)
+        if operation is not None:
+            self._fell_back(operation)
 
     def _succeeded(self) -> None:
         if self._down:
