@@ -28,31 +28,35 @@ KEYS = json.dumps({"shared": {"key": KEY, "requests_per_second": 0.01, "requests
                    "a": TENANT_A, "b": TENANT_B})
 
 
+def start_redis(folder: Path) -> tuple[subprocess.Popen, str]:
+    """A redis-server on a free loopback port, answering: the process and its URL."""
+    import redis
+
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is needed (apt-get install redis-server) or set RERANKER_TEST_REDIS_URL"
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    client = redis.Redis(port=port)
+    while True:
+        try:
+            client.ping()
+            return proc, f"redis://127.0.0.1:{port}/0"
+        except redis.ConnectionError:
+            assert time.monotonic() < deadline and proc.poll() is None, "redis-server did not start"
+            time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     given = os.environ.get("RERANKER_TEST_REDIS_URL")
     if given:
         yield given
         return
-    binary = shutil.which("redis-server")
-    assert binary, "redis-server is needed (apt-get install redis-server) or set RERANKER_TEST_REDIS_URL"
-    port = free_port()
-    folder = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc, url = start_redis(tmp_path_factory.mktemp("redis"))
     try:
-        deadline = time.monotonic() + 20
-        import redis
-
-        client = redis.Redis(port=port)
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                assert time.monotonic() < deadline and proc.poll() is None, "redis-server did not start"
-                time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield url
     finally:
         proc.terminate()
         proc.wait(10)
@@ -127,6 +131,26 @@ def test_with_redis_unreachable_limits_and_cache_are_local_and_nothing_fails(tmp
     assert len(warnings) == 1 and "unreachable" in warnings[0]["message"]
     assert 'reranker_redis_fallbacks_total{operation="limits"}' in metrics
     assert 'reranker_redis_fallbacks_total{operation="cache"}' in metrics
+
+
+def test_redis_going_away_while_serving_fails_no_request(tmp_path, tiny_model):
+    proc, url = start_redis(tmp_path)
+    log = tmp_path / "server.log"
+    try:
+        with serving(_env(tiny_model, url, "going:"), log=log) as base:
+            assert post(base, KEY, DOCS[:1]).status_code == 200  # on Redis: its bucket has 2 left
+            proc.kill()
+            proc.wait(10)
+            # The local buckets take over (a full bucket of 3): no 500, and the limit still holds.
+            statuses = [post(base, KEY, DOCS[:1]).status_code for _ in range(4)]
+            assert statuses == [200] * 3 + [429], statuses
+            assert post(base, OTHER, ["A pair scored while Redis is gone."]).status_code == 200
+            metrics = httpx.get(f"{base}/metrics").text
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert 'reranker_redis_fallbacks_total{operation="limits"}' in metrics
+    assert "unreachable" in log.read_text()
 
 
 def test_a_bad_redis_url_is_named_at_start_up():
