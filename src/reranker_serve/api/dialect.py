@@ -19,12 +19,12 @@ from __future__ import annotations
 import inspect
 import re
 from dataclasses import replace
-from typing import Any, ClassVar, Protocol, Sequence, get_args
+from typing import Annotated, Any, ClassVar, Protocol, Sequence, get_args, get_origin
 
 from fastapi import APIRouter, Body, Path, Request, Response
 from fastapi.responses import JSONResponse
 from loguru import logger
-from pydantic import BaseModel, ConfigDict, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Discriminator, PrivateAttr
 
 from ..cache import bypass_requested
 from ..errors import ErrorKind, RerankError
@@ -146,6 +146,12 @@ class Dialect:
         answered = {str(s) for s in self.statuses()}
         for path in self.paths:
             for operation in openapi.get("paths", {}).get(path, {}).values():
+                # Two dialects on one path: a body either accepts is accepted (the discriminator
+                # picks by its keys), so the document says anyOf, not the oneOf pydantic writes.
+                body = operation.get("requestBody", {}).get("content", {}).get("application/json", {})
+                if "oneOf" in body.get("schema", {}):
+                    body["schema"]["anyOf"] = body["schema"].pop("oneOf")
+                    body["schema"].pop("discriminator", None)
                 responses = operation.get("responses", {})
                 for status in [s for s in responses if s.isdigit() and int(s) >= 400 and s not in answered]:
                     del responses[status]
@@ -156,6 +162,16 @@ class Dialect:
         async def endpoint(body: Any, reranker: Any, request: Request, response: Response, **_path: str) -> Any:
             return await do_rerank(body, reranker, request, response)
 
+        # FastAPI keeps only the FieldInfo of an Annotated parameter: a bare Discriminator (two
+        # dialects on one path) would be dropped and the body parsed as a plain union, by the
+        # first member that happens to validate. Handed over inside Body(), it is applied.
+        body_type, body_default = request, Body()
+        if get_origin(request) is Annotated:
+            inner, *metadata = get_args(request)
+            tags = [m for m in metadata if isinstance(m, Discriminator)]
+            if tags:
+                body_type, body_default = Annotated[inner, Body(discriminator=tags[0])], inspect.Parameter.empty
+
         # FastAPI reads the parameters' types from the signature: give it the real ones. Path
         # parameters (NIM's /v1/retrieval/{model}/reranking) are declared so that OpenAPI states
         # them; the body says what to rank, so their values are not used.
@@ -165,7 +181,7 @@ class Dialect:
             for name in re.findall(r"\{(\w+)(?::\w+)?\}", path)
         ]
         endpoint.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
-            inspect.Parameter("body", inspect.Parameter.KEYWORD_ONLY, annotation=request, default=Body()),
+            inspect.Parameter("body", inspect.Parameter.KEYWORD_ONLY, annotation=body_type, default=body_default),
             inspect.Parameter("reranker", inspect.Parameter.KEYWORD_ONLY, annotation=RerankerDep),
             inspect.Parameter("request", inspect.Parameter.KEYWORD_ONLY, annotation=Request),
             inspect.Parameter("response", inspect.Parameter.KEYWORD_ONLY, annotation=Response),
