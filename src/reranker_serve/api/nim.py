@@ -55,9 +55,11 @@ class NIMRankingRequest(DialectRequest):
     top_n: TopN = None
 
     def to_query(self) -> RerankQuery:
+        # top_k wins when both are sent; a negative one of either is refused (by the service).
+        sent = [v for v in (self.top_k, self.top_n) if v is not None]
+        top = min(sent) if sent and min(sent) < 0 else next(iter(sent), None)
         return RerankQuery(
-            query=self.query.text, documents=[p.text for p in self.passages],
-            top_n=self.top_k if self.top_k is not None else self.top_n, raw_scores=True,
+            query=self.query.text, documents=[p.text for p in self.passages], top_n=top, raw_scores=True,
             truncate=self.truncate != "NONE", model=self.model,
         )
 
