@@ -280,3 +280,13 @@ def test_litellm_together_ai_and_the_typed_reply(single, reference):
     body = single.client.post("/v1/rerank", json={"model": "Salesforce/Llama-Rank-V1", "query": QUERY,
                                                   "documents": DOCS}).json()
     assert body["object"] == "rerank" and body["model"] == "tiny-reranker"
+
+
+# -- the README shows each new dialect (test_readme.py runs the examples) ------------------------------
+def test_the_readme_has_an_example_for_every_new_dialect():
+    from test_readme import EXAMPLES
+
+    commands = " ".join(e.command for e in EXAMPLES)
+    for route in ("/v1/ranking", "/v1/reranking", "/infinity/rerank"):
+        assert f"localhost:8000{route} " in commands, route
+    assert any("localhost:8000/v1/rerank " in e.command and '"top_k"' in e.command and e.reply for e in EXAMPLES)
