@@ -290,3 +290,38 @@ def test_the_readme_has_an_example_for_every_new_dialect():
     for route in ("/v1/ranking", "/v1/reranking", "/infinity/rerank"):
         assert f"localhost:8000{route} " in commands, route
     assert any("localhost:8000/v1/rerank " in e.command and '"top_k"' in e.command and e.reply for e in EXAMPLES)
+
+
+# -- the dialect contract for the new dialects --------------------------------------------------------
+@pytest.mark.parametrize("method,path,status,fields", [
+    ("GET", "/v1/ranking", 405, {"type", "title", "status", "detail"}),
+    ("GET", "/v1/retrieval/nvidia/x/reranking", 405, {"type", "title", "status", "detail"}),
+    ("POST", "/v1/retrieval/nvidia/x/rankin", 404, {"type", "title", "status", "detail"}),
+    ("GET", "/v1/reranking", 405, {"type", "title", "status", "detail"}),
+    ("GET", "/infinity/rerank", 405, {"error"}),
+    ("POST", "/infinity/v1/rerank", 404, {"error"}),
+])
+def test_wrong_method_or_path_answers_in_the_new_dialects_shape(single, method, path, status, fields):
+    r = single.client.request(method, path)
+    assert r.status_code == status and set(r.json()) == fields, r.text
+    assert path in r.text
+
+
+def test_openapi_lists_the_error_statuses_the_new_routes_answer(single):
+    from reranker_serve.api import infinity, mixedbread, nim
+
+    paths = single.client.get("/openapi.json").json()["paths"]
+    for dialect, path in ((nim.dialect, "/v1/ranking"), (nim.dialect, "/v1/retrieval/{model}/reranking"),
+                          (mixedbread.dialect, "/v1/reranking"), (infinity.dialect, "/infinity/rerank")):
+        documented = paths[path]["post"]["responses"]
+        assert sorted(int(s) for s in documented if int(s) >= 400) == dialect.statuses(), path
+
+
+def test_metrics_label_the_new_dialects(single):
+    single.client.post("/v1/ranking", json={"query": {"text": QUERY}, "passages": [{"text": DOCS[0]}]})
+    single.client.post("/v1/reranking", json={"query": QUERY, "input": DOCS[:1]})
+    single.client.post("/v1/rerank", json={"query": QUERY, "documents": DOCS[:1], "top_k": 1})
+    single.client.post("/infinity/rerank", json={"query": QUERY, "documents": DOCS[:1]})
+    text = single.client.get("/metrics").text
+    for label in ("nim", "mixedbread", "voyage", "infinity"):
+        assert f'dialect="{label}"' in text, label

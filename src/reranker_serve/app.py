@@ -120,7 +120,8 @@ def create_app(
     app = FastAPIOffline(
         title="reranker-serve",
         version=__version__,
-        summary="Cross-encoder reranking behind the native, TEI, Cohere and Jina rerank APIs.",
+        summary="Cross-encoder reranking behind the native, TEI, Cohere, Jina, Voyage, NVIDIA NIM, Mixedbread and "
+        "Infinity rerank APIs.",
         lifespan=lifespan,
     )
     app.state.settings = settings

@@ -9,6 +9,11 @@ v2: documents are strings; `max_tokens_per_doc` truncates each document; results
     `index` and `relevance_score` (a document too when an older client asks with return_documents).
 
 Errors are `{"message": "..."}`; Cohere answers a bad request with 400 (not 422), and so do we.
+
+Also on /v1/rerank: Voyage's body (voyage.py; the discriminator is ``voyage.is_voyage``);
+Together's typed reply (`object: "rerank"`, `model`) on the v1 reply; SiliconFlow's
+`max_chunks_per_doc` above the cap served with the cap (X-Reranker-Adjusted) and its
+`overlap_tokens`; booleans as "true"/"false" (lenient.py).
 """
 
 from __future__ import annotations

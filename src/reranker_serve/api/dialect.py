@@ -8,6 +8,12 @@ A dialect is three things:
     error shape     Dialect.error_body(RerankError)       (its error body)
     statuses        Dialect.status(ErrorKind)             (the kinds it answers differently, if any)
 
+Request models derive from ``DialectRequest``; one whose ``to_query`` serves a field other than
+as sent (a value clamped to the server's cap) notes it, and the reply says so in
+X-Reranker-Adjusted. Two dialects on one path are one route whose body is a discriminated union
+(``Annotated[A | B, Discriminator(fn)]``, fn reading the body's keys); its errors are the path
+owner's shape.
+
 Everything else is derived here, once: every rerank route ends in ``do_rerank`` (as vLLM's
 score/rerank router does); the error statuses that OpenAPI documents come from ``status()``
 over the error kinds (so the document states what the route really answers); 404 and 405 on a

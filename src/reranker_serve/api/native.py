@@ -1,8 +1,10 @@
 """`POST /rerank`: the native dialect, and Hugging Face TEI's dialect on the same path.
 
 A body with `texts` is a TEI request (TEI semantics: `return_text`, `raw_scores`, `truncate`,
-`truncation_direction`; the reply is a bare array of `{index, score, text?}`); any other body is
-a native request (`documents`; the reply is `{model, results, usage}`).
+`truncation_direction`, and `top_n`, which LiteLLM `huggingface/` sends; the reply is a bare array
+of `{index, score, text?}`); any other body is a native request (`documents`; the reply is
+`{model, results, usage}`, `usage` with Infinity's `prompt_tokens` beside `total_tokens`, and a
+returned document as vLLM's `{text}`: Infinity's string form is under /infinity, infinity.py).
 
 Errors on this path use TEI's shape, `{"error": "...", "error_type": "Validation"}`, for both:
 a body that is not even JSON cannot tell us which of the two the client meant.
@@ -17,7 +19,7 @@ from pydantic import BaseModel, Discriminator, Field, Tag, field_validator
 from ..errors import ErrorKind, RerankError
 from ..service import RerankQuery, RerankResult
 from .common import (
-    Instruction, MaxChunks, ModelName, NON_BLANK, NON_EMPTY, RankedDocument, Text, TopN, Usage, ranked_documents,
+    Instruction, MaxChunks, ModelName, NON_BLANK, NON_EMPTY, RankedDocument, Text, TopN, ranked_documents,
 )
 from .dialect import Dialect, DialectRequest
 from .infinity import InfinityUsage
