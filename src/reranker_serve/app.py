@@ -21,7 +21,7 @@ from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__
-from .api import cohere, jina, native, system
+from .api import cohere, infinity, jina, mixedbread, native, nim, system
 from .api.common import bearer_scheme
 from .api.dialect import Dialect
 from .config import Settings, load_settings
@@ -130,7 +130,8 @@ def create_app(
     app = FastAPIOffline(
         title="reranker-serve",
         version=__version__,
-        summary="Cross-encoder reranking behind the native, TEI, Cohere and Jina rerank APIs.",
+        summary="Cross-encoder reranking behind the native, TEI, Cohere, Jina, Voyage, NVIDIA NIM, Mixedbread and "
+        "Infinity rerank APIs.",
         lifespan=lifespan,
     )
     app.state.settings = settings
@@ -142,7 +143,9 @@ def create_app(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", "X-Request-ID", "X-Priority", "Cache-Control", "traceparent"],
         )
-    dialects = [native.dialect, cohere.dialect, jina.dialect]
+    # Ahead of Cohere's: the first dialect that owns a path answers its 404s and 405s, and Cohere
+    # owns every other path under /v1/.
+    dialects = [native.dialect, nim.dialect, mixedbread.dialect, infinity.dialect, cohere.dialect, jina.dialect]
     if tracing is not None:  # inside RequestContextMiddleware: its request id is on the spans
         app.add_middleware(RequestSpans, tracing=tracing, paths=[p for d in dialects for p in d.paths])
     app.add_middleware(RequestContextMiddleware, metrics=metrics)

@@ -52,6 +52,7 @@ class RerankQuery:
     truncation_direction: Literal["right", "left"] = "right"
     max_tokens_per_doc: int | None = None
     max_chunks_per_doc: int | None = None  # None: the server's RERANKER_MAX_CHUNKS_PER_DOC
+    chunk_overlap: int | None = None  # tokens shared by consecutive windows; None: RERANKER_CHUNK_OVERLAP
     instruction: str | None = None  # None: the model's default (LLM rerankers only)
     priority: Priority = "interactive"  # the order the batcher takes pairs in
     use_cache: bool = True  # False: the score cache is neither read nor written (Cache-Control: no-cache)
@@ -154,6 +155,8 @@ class Reranker:
         )
         if q.max_chunks_per_doc is not None:
             overrides["max_chunks"] = q.max_chunks_per_doc
+        if q.chunk_overlap is not None:
+            overrides["chunk_overlap"] = q.chunk_overlap
         options = engine.encode_options(**overrides)
         scored = await self._score(engine, q, options)
         scored_ns = time.time_ns() if self.tracing is not None else 0

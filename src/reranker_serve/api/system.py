@@ -49,6 +49,13 @@ class ModelInfo(BaseModel):
     takes_instruction: bool | None = Field(description="Whether requests may send an `instruction`.")
 
 
+class TEIClassifier(BaseModel):
+    """TEI's `ClassifierModel`: a reranker is a one-label classifier."""
+
+    id2label: dict[str, str] = {"0": "LABEL_0"}
+    label2id: dict[str, int] = {"LABEL_0": 0}
+
+
 class Info(BaseModel):
     model: str = Field(description="Name that replies of the default model carry.")
     model_source: str = Field(description="Hub id or local folder the default model was loaded from.")
@@ -67,6 +74,16 @@ class Info(BaseModel):
     model_dtype: str | None
     max_input_length: int
     max_client_batch_size: int
+    # The rest of TEI's /info: Dify's TEI provider refuses a server whose `model_type` has no
+    # `reranker` key; the others are there for clients that read TEI's whole Info.
+    model_type: dict[str, TEIClassifier] = Field(description='TEI\'s model kind: {"reranker": {id2label, label2id}}.')
+    model_sha: str | None = None
+    max_concurrent_requests: int = Field(description="TEI's name for the queue bound (max_queue).")
+    max_batch_requests: int | None = Field(description="TEI's name for the batch size.")
+    auto_truncate: bool = Field(True, description="Over-long inputs are cut unless a request says otherwise.")
+    tokenization_workers: int = Field(description="Processes tokenizing (one per worker).")
+    sha: str | None = None
+    docker_label: str | None = None
 
 
 class ModelCard(BaseModel):
@@ -155,6 +172,10 @@ async def info(registry: RegistryDep, settings: SettingsDep) -> Info:
         model_dtype=default.dtype,
         max_input_length=default.max_length,
         max_client_batch_size=settings.max_documents,
+        model_type={"reranker": TEIClassifier()},
+        max_concurrent_requests=default.max_queue,
+        max_batch_requests=default.batch_size,
+        tokenization_workers=settings.workers,
     )
 
 
