@@ -16,6 +16,7 @@
       kind=METHOD_NOT_ALLOWED      the path exists, for another method (POST)         405
       kind=FORBIDDEN               a key that may not read this system route          403
       kind=UNSUPPORTED_ENCODING    a Content-Encoding the server does not decode      415
+      kind=MISDIRECTED             a Host that RERANKER_ALLOWED_HOSTS does not list   421
       kind=REQUEST_TIMEOUT         the body did not arrive within RERANKER_BODY_TIMEOUT 408
 
 Each dialect renders a RerankError in its own body shape (api/dialect.py); only the Cohere
@@ -48,6 +49,7 @@ class ErrorKind(str, enum.Enum):
     FORBIDDEN = "forbidden"
     UNSUPPORTED_ENCODING = "unsupported_encoding"
     REQUEST_TIMEOUT = "request_timeout"
+    MISDIRECTED = "misdirected"
 
     @property
     def status(self) -> int:
@@ -70,6 +72,7 @@ _STATUS: dict[ErrorKind, int] = {
     ErrorKind.FORBIDDEN: HTTPStatus.FORBIDDEN,
     ErrorKind.UNSUPPORTED_ENCODING: HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
     ErrorKind.REQUEST_TIMEOUT: HTTPStatus.REQUEST_TIMEOUT,
+    ErrorKind.MISDIRECTED: HTTPStatus.MISDIRECTED_REQUEST,
 }
 
 

@@ -20,7 +20,7 @@ import uuid
 from typing import Any
 
 from loguru import logger
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["Metrics", "RequestContextMiddleware", "configure_logging"]
@@ -28,10 +28,19 @@ __all__ = ["Metrics", "RequestContextMiddleware", "configure_logging"]
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
-class Metrics:
-    """The service's Prometheus metrics, in a registry of its own (one per app)."""
+# Set by __main__ for worker processes (RERANKER_WORKERS > 1): prometheus_client's multiprocess
+# mode, read by prometheus_client itself when it is imported. Each worker writes its values to
+# files there, and a scrape of any worker (or of RERANKER_METRICS_PORT, served by the parent)
+# sums every worker's.
+MULTIPROCESS_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
-    def __init__(self) -> None:
+
+class Metrics:
+    """The service's Prometheus metrics, in a registry of its own (one per app); with
+    ``multiprocess_dir``, exposed summed over every worker process."""
+
+    def __init__(self, *, multiprocess_dir: str | None = None) -> None:
+        self.multiprocess_dir = multiprocess_dir
         self.registry = r = CollectorRegistry()
         self.requests = Counter(
             "reranker_requests", "HTTP requests by dialect, route, status and API key name", ["dialect", "route", "status", "key"],
@@ -61,9 +70,10 @@ class Metrics:
             "reranker_batch_tokens", "Tokens per forward pass (padded: pairs x longest pair; unpadded: real tokens)",
             ["model"], buckets=(64, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536), registry=r,
         )
-        self.queue_depth = Gauge("reranker_queue_depth", "Pairs waiting for the model", ["model"], registry=r)
+        self.queue_depth = Gauge("reranker_queue_depth", "Pairs waiting for the model", ["model"], registry=r,
+                                 multiprocess_mode="livesum")
         self.model_load = Gauge("reranker_model_load_seconds", "Time taken to load and warm up the model", ["model"],
-                                registry=r)
+                                registry=r, multiprocess_mode="max")  # the slowest worker's
         self.auth_failures = Counter("reranker_auth_failures", "Requests refused for a missing or wrong API key",
                                      ["dialect"], registry=r)
         # The score cache (cache.py): hits and misses per model, in documents; size of the whole cache.
@@ -73,8 +83,16 @@ class Metrics:
                                     ["model"], registry=r)
         self.cache_evictions = Counter("reranker_cache_evictions", "Scores dropped from the full cache (LRU)",
                                        registry=r)
-        self.cache_bytes = Gauge("reranker_cache_bytes", "Memory held by the score cache", registry=r)
-        self.cache_entries = Gauge("reranker_cache_entries", "Scores held by the score cache", registry=r)
+        self.cache_bytes = Gauge("reranker_cache_bytes", "Memory held by the score cache", registry=r,
+                                 multiprocess_mode="livesum")
+        self.cache_entries = Gauge("reranker_cache_entries", "Scores held by the score cache", registry=r,
+                                   multiprocess_mode="livesum")
+
+    def exposition(self) -> bytes:
+        """The Prometheus text of this process, or with several workers, of all of them."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        return generate_latest(summed_registry(self.multiprocess_dir))
 
     def observe_batch(self, model: str, pairs: int, padded_tokens: int) -> None:
         self.batch_pairs.labels(model).observe(pairs)
@@ -86,6 +104,41 @@ class Metrics:
         self.tokens.labels(model).inc(tokens)
         self.queue_wait.labels(model).observe(queue_time)
         self.inference.labels(model).observe(inference_time)
+
+
+def summed_registry(folder: str) -> CollectorRegistry:
+    """A registry reading every worker's files in ``folder``. The live gauges of workers that
+    died (and were replaced) are dropped first: their queue would be counted for ever."""
+    from prometheus_client import multiprocess
+
+    for name in os.listdir(folder):
+        if name.startswith("gauge_live") and name.endswith(".db"):
+            pid = name.rsplit("_", 1)[-1].removesuffix(".db")
+            if pid.isdigit() and not _alive(int(pid)):
+                multiprocess.mark_process_dead(int(pid), folder)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=folder)
+    return registry
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def serve_metrics(*, host: str, port: int, registry: Any) -> Any:
+    """RERANKER_METRICS_PORT: /metrics alone, without a key, on a listener of its own (for
+    scrapers that hold no key; bind it where only they reach). Returns the server (``shutdown()``)."""
+    from prometheus_client import start_http_server
+
+    server, _ = start_http_server(port, addr=host, registry=registry)
+    logger.info("metrics on http://{}:{}/metrics (RERANKER_METRICS_PORT)", host, port)
+    return server
 
 
 # -- request context ----------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from fastapi.security import HTTPBearer
 
 from ..config import MAX_CHUNKS_PER_DOC
 from ..errors import ErrorKind, RerankError
+from ..security import authenticate
 from ..service import RerankResult
 
 __all__ = [
@@ -86,13 +87,8 @@ def _check_api_key(request: Request) -> None:
     keys = request.app.state.keys
     if not keys.enabled:
         return
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if not header:
-        raise RerankError(ErrorKind.UNAUTHORIZED, "missing API key: send the header 'Authorization: Bearer <key>'")
-    key = keys.identify(token.strip()) if scheme.lower() == "bearer" else None
-    if key is None:
-        raise RerankError(ErrorKind.UNAUTHORIZED, "invalid API key")
+    key = authenticate(keys, request.app.state.auth_throttle, authorization=request.headers.get("authorization", ""),
+                       address=request.client.host if request.client else "")
     request.state.api_key = key
     request.state.key_name = key.name  # read by the access log and the metrics (the name, never the key)
     request.app.state.limiter.check(key)

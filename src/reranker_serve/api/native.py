@@ -127,6 +127,7 @@ _TEI_ERROR_TYPE = {
     ErrorKind.FORBIDDEN: "Unauthorized",
     ErrorKind.UNSUPPORTED_ENCODING: "Validation",
     ErrorKind.REQUEST_TIMEOUT: "Validation",
+    ErrorKind.MISDIRECTED: "Validation",
 }
 
 
