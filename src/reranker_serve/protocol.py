@@ -75,6 +75,7 @@ class _Refusals:
 
 
 _REFUSALS = _Refusals()
+_LINGER = 1.0  # seconds a refused connection is drained before it closes
 
 
 class _Reject(Exception):
@@ -89,7 +90,8 @@ class GuardedProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, limits: ConnectionLimits, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.limits = limits
-        self._in_headers = True  # a request's line and headers are (or will next be) arriving
+        self._between = True  # between requests: the next bytes start a request line
+        self._in_headers = False  # inside a request's line and headers
         self._header_bytes = 0
         self._header_count = 0
         self._header_deadline: asyncio.TimerHandle | None = None
@@ -117,7 +119,7 @@ class GuardedProtocol(HttpToolsProtocol):
         if self._refused:
             return
         self._unset_keepalive_if_required()
-        if self._in_headers and self._header_deadline is None:
+        if (self._between or self._in_headers) and self._header_deadline is None:
             self._arm()  # the first bytes of the next request on a kept-alive connection
         try:
             self.parser.feed_data(data)
@@ -146,7 +148,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._in_headers, self._header_bytes, self._header_count = True, 0, 0
+        self._between, self._in_headers, self._header_bytes, self._header_count = False, True, 0, 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_count += 1
@@ -162,7 +164,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
-        self._in_headers = True  # whatever comes next is the next request's line and headers
+        self._between = True  # whatever comes next is the next request's line and headers
 
     # -- the header deadline --------------------------------------------------------------------------
     def _arm(self) -> None:
@@ -176,7 +178,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def _headers_late(self) -> None:
         self._header_deadline = None
-        if not self._in_headers or self.transport.is_closing():
+        if not (self._between or self._in_headers) or self.transport.is_closing():
             return
         if self.cycle is not None and not self.cycle.response_complete:
             return  # a response is still being written: the next request's clock starts after it
@@ -193,6 +195,9 @@ class GuardedProtocol(HttpToolsProtocol):
         then the connection closed."""
         if self.transport.is_closing():
             return
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.transport.close()  # a pipelined request's headers, while a response is being written
+            return
         from http import HTTPStatus
 
         body = (message + "\n").encode()
@@ -201,4 +206,10 @@ class GuardedProtocol(HttpToolsProtocol):
         if retry_after is not None:
             head.append(f"retry-after: {retry_after}")
         self.transport.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
-        self.transport.close()
+        # A lingering close: what the client still sends is read and dropped for a moment before
+        # the socket closes; closing with unread bytes would reset the connection, and a reset
+        # can discard the answer before the client reads it.
+        self._refused = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(_LINGER, self.transport.close)
