@@ -417,7 +417,7 @@ class Settings(BaseSettings):
 
         return check_protocol(value, endpoint=info.data.get("otlp_endpoint"))
 
-    @field_validator("api_keys", "instance_id", "served_model_name", "model_path", "instruction", "cutoff_layer", mode="before")
+    @field_validator("api_keys", "metrics_port", "instance_id", "served_model_name", "model_path", "instruction", "cutoff_layer", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # `RERANKER_API_KEY=` in a .env means "no key", not "the empty key".
