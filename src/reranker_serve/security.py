@@ -20,6 +20,7 @@ and throttling of clients that keep sending wrong keys.
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -27,7 +28,6 @@ from typing import Callable, Sequence
 from urllib.parse import urlsplit
 
 from fastapi.responses import JSONResponse
-from starlette._utils import parse_host_header
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -66,8 +66,8 @@ class HostGuard:
             return
         if self.hosts is not None:
             header = Headers(scope=scope).get("host")
-            parsed = parse_host_header(header)
-            if parsed is None or not self._allowed(parsed.host.lower()):
+            host = _host_name(header)
+            if host is None or not self._allowed(host):
                 error = RerankError(ErrorKind.MISDIRECTED, f"Host {header!r} is not served here: use one of "
                                     f"{', '.join(self.hosts)}, or list it in RERANKER_ALLOWED_HOSTS")
                 await self.render(scope["path"], error)(scope, receive, send)
@@ -80,6 +80,15 @@ class HostGuard:
             await send(message)
 
         await self.app(scope, receive, relative_redirects)
+
+
+_HOST = re.compile(r"(?P<name>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(?::[0-9]{1,5})?")
+
+
+def _host_name(header: str | None) -> str | None:
+    """The name of a Host header without its port ("[::1]" keeps its brackets); None if malformed."""
+    found = _HOST.fullmatch(header.strip()) if header else None
+    return found["name"].lower().rstrip(".") if found else None
 
 
 def _relative(location: bytes) -> bytes:
