@@ -30,6 +30,7 @@ from ..config import ModelSpec
 from ..device import Placement, sdpa_backends
 from ..families import Family
 from .base import EncodeOptions, Pair, Pending, pad, sigmoid
+from .architectures import attn_implementation
 from .attention import Kernel, torch_varlen_available
 from .choice import CHECK_DOCUMENTS, compare, plan_attention, settle
 from .prefix import last_hidden, mark_shared, packed_last_hidden
@@ -55,6 +56,7 @@ class PromptedLM:
     """What every decoder reranker shares: a torch model fed a prompt template, scored by a sigmoid."""
 
     backend = "torch"
+    backend_note = ""
     takes_instruction = True
 
     def __init__(self, model: Any, hf_tokenizer: Any, *, name: str, family: str, max_length: int,
@@ -167,8 +169,9 @@ def load_hf(spec: ModelSpec, placement: Placement, *, auto_class: str = "AutoMod
                                   trust_remote_code=spec.trust_remote_code)
     tokenizer = transformers.AutoTokenizer.from_pretrained(spec.source, **common)
     kwargs: dict[str, Any] = dict(common, dtype=placement.dtype)
-    if not spec.trust_remote_code:  # a model's own code may not know the attention implementations
-        kwargs["attn_implementation"] = "sdpa"
+    implementation, _ = attn_implementation(spec, auto_class=auto_class)
+    if implementation is not None:  # None: a model's own code, which may not know the implementations
+        kwargs["attn_implementation"] = implementation
     model = getattr(transformers, auto_class).from_pretrained(spec.source, **kwargs).to(placement.device)
     return model, tokenizer
 

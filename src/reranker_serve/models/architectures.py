@@ -1,0 +1,54 @@
+"""What an architecture asks of the loader: which transformers attention implementation builds it.
+
+transformers refuses to build a model with an attention implementation its class does not have
+(DeBERTa-v2/v3 has no SDPA: asking for it stops the load). So the implementation is chosen per
+architecture (RERANKER_ATTN_IMPLEMENTATION=auto): SDPA where the class supports it (fused,
+and what the OpenVINO conversion traces best), else eager, with a log line saying why. A model
+whose classes ship with it (remote code) keeps what its own code picks. ``sdpa`` or ``eager``
+set explicitly are passed through as they are (transformers then says if the class lacks it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loguru import logger
+
+from ..config import ModelSpec
+
+__all__ = ["attn_implementation", "model_class"]
+
+
+def _load_config(spec: ModelSpec) -> Any:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(
+        spec.source, cache_dir=None if spec.local else str(spec.cache_dir), local_files_only=spec.offline,
+        trust_remote_code=spec.trust_remote_code,
+    )
+
+
+def model_class(config: Any, auto_class: str) -> type | None:
+    """The transformers class ``auto_class`` builds for ``config`` (None: not one of transformers')."""
+    import transformers
+
+    mapping = getattr(transformers, auto_class)._model_mapping
+    try:
+        return mapping[type(config)]  # type: ignore[no-any-return]
+    except KeyError:  # a config class of the model's own code
+        return None
+
+
+def attn_implementation(spec: ModelSpec, *, auto_class: str, config: Any | None = None) -> tuple[str | None, str]:
+    """The ``attn_implementation`` to load ``spec`` with (None: the model's own choice), and why."""
+    setting = spec.attn_implementation
+    if setting != "auto":
+        return setting, f"RERANKER_ATTN_IMPLEMENTATION={setting}"
+    cls = model_class(config if config is not None else _load_config(spec), auto_class)
+    if cls is None:
+        return None, "the model's own code picks its attention"
+    if cls._supports_sdpa:
+        return "sdpa", "sdpa"
+    why = f"eager: {cls.__name__} has no SDPA attention"
+    logger.info("{}: {} (RERANKER_ATTN_IMPLEMENTATION=sdpa|eager overrides)", spec.name, why)
+    return "eager", why
