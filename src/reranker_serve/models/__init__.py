@@ -23,10 +23,10 @@ from .base import EncodeOptions, Pair, ScoringModel
 __all__ = ["FAMILIES", "EncodeOptions", "Pair", "ScoringModel", "detect_family", "load_model"]
 
 
-def detect_family(config: dict[str, Any], requested: str = "auto") -> Family:
+def detect_family(config: dict[str, Any], requested: str = "auto", *, source: str = "") -> Family:
     """The family of a model from its config.json (``requested`` wins unless it is "auto")."""
     try:
-        return detect(config, requested)
+        return detect(config, requested, source=source)
     except UnknownModel as exc:
         raise ModelLoadError(str(exc)) from None
 
@@ -111,7 +111,7 @@ def load_model(spec: ModelSpec, placement: Placement) -> ScoringModel:
         spec.cache_dir.mkdir(parents=True, exist_ok=True)
         if not spec.offline:
             spec = _from_hub(spec)
-    family = detect_family(_read_config(spec), spec.model_type)
+    family = detect_family(_read_config(spec), spec.model_type, source=spec.source)
     if family.remote_code and not spec.trust_remote_code:
         raise ModelLoadError(
             f"{spec.describe()} is a {family.name} reranker, which runs Python code shipped with the model: "

@@ -4,8 +4,8 @@ transformers refuses to build a model with an attention implementation its class
 (DeBERTa-v2/v3 has no SDPA: asking for it stops the load). So the implementation is chosen per
 architecture (RERANKER_ATTN_IMPLEMENTATION=auto): SDPA where the class supports it (fused,
 and what the OpenVINO conversion traces best), else eager, with a log line saying why. A model
-whose classes ship with it (remote code) keeps what its own code picks. ``sdpa`` or ``eager``
-set explicitly are passed through as they are (transformers then says if the class lacks it).
+whose classes ship with it (remote code) keeps what its own code picks. ``eager`` set explicitly
+always holds; ``sdpa`` set for a class without it stops the start with a message saying so.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 from loguru import logger
 
 from ..config import ModelSpec
+from ..errors import ModelLoadError
 
 __all__ = ["attn_implementation", "model_class"]
 
@@ -42,9 +43,14 @@ def model_class(config: Any, auto_class: str) -> type | None:
 def attn_implementation(spec: ModelSpec, *, auto_class: str, config: Any | None = None) -> tuple[str | None, str]:
     """The ``attn_implementation`` to load ``spec`` with (None: the model's own choice), and why."""
     setting = spec.attn_implementation
-    if setting != "auto":
-        return setting, f"RERANKER_ATTN_IMPLEMENTATION={setting}"
+    if setting == "eager":
+        return setting, "RERANKER_ATTN_IMPLEMENTATION=eager"
     cls = model_class(config if config is not None else _load_config(spec), auto_class)
+    if setting == "sdpa":
+        if cls is not None and not cls._supports_sdpa:
+            raise ModelLoadError(f"RERANKER_ATTN_IMPLEMENTATION=sdpa: {cls.__name__} has no SDPA attention; "
+                                 "set it to eager or auto")
+        return setting, "RERANKER_ATTN_IMPLEMENTATION=sdpa"
     if cls is None:
         return None, "the model's own code picks its attention"
     if cls._supports_sdpa:

@@ -6,6 +6,10 @@
     llm     FlagEmbedding's FlagLLMReranker (bge-reranker-v2-gemma): "A: query", "B: passage" and
             a prompt; the raw score is the logit of "Yes", the score its sigmoid
             (``compute_score(normalize=True)``).
+    mxbai-rerank-v2
+            mixedbread's mxbai-rerank-base/large-v2 (Qwen2): mixedbread's chat prompt ending in
+            "Relevance:"; the raw score is logit("1") - logit("0") (``MxbaiRerankV2.forward``),
+            the score its sigmoid.
 
 Pairs are padded on the left (the last position is each pair's own last token) with position
 ids that start at each pair's first token, and only the last position's logits are computed
@@ -35,7 +39,9 @@ from .attention import Kernel, torch_varlen_available
 from .choice import CHECK_DOCUMENTS, compare, plan_attention, settle
 from .prefix import last_hidden, mark_shared, packed_last_hidden
 from .encoder import pad_id_of, window_limit
-from .templates import FLAG_LLM_PROMPT, PromptTemplate, encode_pairs, flag_llm_template, qwen3_template, rust_tokenizer
+from .templates import (
+    FLAG_LLM_PROMPT, PromptTemplate, encode_pairs, flag_llm_template, mxbai_v2_template, qwen3_template, rust_tokenizer,
+)
 
 __all__ = ["CausalLMReranker", "PromptedLM", "load_causal_lm", "load_hf"]
 
@@ -183,6 +189,10 @@ def load_causal_lm(spec: ModelSpec, *, family: Family, placement: Placement, bac
         template = qwen3_template(tokenizer, instruction=spec.instruction)
         true_id = _token_id(hf_tokenizer, "yes", how="token")
         false_id: int | None = _token_id(hf_tokenizer, "no", how="token")
+    elif family.name == "mxbai-rerank-v2":
+        # mixedbread's score: logit("1") - logit("0") at the last position (first id of each text).
+        template = mxbai_v2_template(tokenizer, instruction=spec.instruction)
+        true_id, false_id = _token_id(hf_tokenizer, "1", how="text"), _token_id(hf_tokenizer, "0", how="text")
     else:
         template = flag_llm_template(tokenizer, bos=flag_bos(hf_tokenizer), prompt=spec.instruction or FLAG_LLM_PROMPT)
         true_id, false_id = _token_id(hf_tokenizer, "Yes", how="text"), None
