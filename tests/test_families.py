@@ -273,8 +273,10 @@ def test_family_detection(config, family):
 
 def test_detection_refuses_what_it_cannot_score_and_the_override_wins():
     llama = {"architectures": ["LlamaForCausalLM"], "model_type": "llama"}
-    with pytest.raises(ModelLoadError, match="RERANKER_MODEL_TYPE=llm"):
+    # Refused without advice to read it with another family's prompt (silently wrong scores).
+    with pytest.raises(ModelLoadError, match="is not a known reranker") as refused:
         detect_family(llama)
+    assert "RERANKER_MODEL_TYPE=llm" not in str(refused.value)
     assert detect_family(llama, "llm").name == "llm"
     with pytest.raises(ModelLoadError, match=r"architectures=\['BertModel'\], model_type='bert'"):
         detect_family({"architectures": ["BertModel"], "model_type": "bert"})
@@ -322,5 +324,5 @@ def test_one_family_record_answers_every_question():
     assert [f.name for f in FAMILIES.values() if f.remote_code] == ["layerwise", "lightweight"]
     assert [f.name for f in FAMILIES.values() if not f.decoder] == ["encoder"]
     assert [f.name for f in FAMILIES.values() if f.openvino] == ["encoder"]
-    assert [f.name for f in FAMILIES.values() if f.unpadded] == ["encoder", "qwen3", "llm"]
-    assert [f.name for f in FAMILIES.values() if f.shares_prefix] == ["qwen3", "llm"]
+    assert [f.name for f in FAMILIES.values() if f.unpadded] == ["encoder", "qwen3", "llm", "mxbai-rerank-v2"]
+    assert [f.name for f in FAMILIES.values() if f.shares_prefix] == ["qwen3", "llm", "mxbai-rerank-v2"]
