@@ -7,7 +7,7 @@
     qwen3          Qwen3-Reranker 0.6B/4B/8B (causal LM)        *ForCausalLM, model_type qwen3
     llm            bge-reranker-v2-gemma (FlagLLMReranker)      *ForCausalLM, model_type gemma
     mxbai-rerank-v2  mixedbread's mxbai-rerank-base/large-v2    Qwen2ForCausalLM named mxbai-rerank*
-    layerwise      bge-reranker-v2-minicpm-layerwise            LayerWiseMiniCPMForCausalLM (remote code)
+    layerwise      bge-reranker-v2-minicpm-layerwise            LayerWiseMiniCPMForCausalLM (native, or its own code)
     lightweight    bge-reranker-v2.5-gemma2-lightweight         CostWiseGemmaForCausalLM (remote code)
 
 The loader (device placement, precision, detection, settings, /info) asks the record; a new
@@ -66,7 +66,7 @@ _MODELS = "reranker_serve.models"
 # In detection order: the first that matches wins (the remote-code architectures end in
 # ForCausalLM too, so they come first).
 FAMILIES: dict[str, Family] = {f.name: f for f in (
-    Family(name="layerwise", description="bge-reranker-v2-minicpm-layerwise", decoder=True, remote_code=True,
+    Family(name="layerwise", description="bge-reranker-v2-minicpm-layerwise", decoder=True,
            loader=f"{_MODELS}.layerwise:load_layerwise",
            detect=lambda archs, mt: "LayerWiseMiniCPMForCausalLM" in archs),
     Family(name="lightweight", description="bge-reranker-v2.5-gemma2-lightweight", decoder=True, remote_code=True,

@@ -125,12 +125,14 @@ def load_model(spec: ModelSpec, placement: Placement) -> ScoringModel:
         raise
     except Exception as exc:
         message = f"cannot load {spec.describe()} as a {family.name} reranker: {exc}".splitlines()[0]
-        if family.remote_code and isinstance(exc, (ImportError, AttributeError)):
+        if spec.trust_remote_code and family.decoder and isinstance(exc, (ImportError, AttributeError)):
             import transformers
 
             # The published layer-wise rerankers' code was written for transformers 4.4x.
             message += (f" (the model's own code does not run on the installed transformers {transformers.__version__}; "
-                        "it needs the version it was written for)")
+                        "it needs the version it was written for")
+            message += ("; without RERANKER_TRUST_REMOTE_CODE this server runs the architecture itself)"
+                        if not family.remote_code else ")")
         raise ModelLoadError(message) from exc
     if model.max_length < spec.max_length:
         logger.warning("max_length {} exceeds what {} accepts; using {}", spec.max_length, spec.source, model.max_length)

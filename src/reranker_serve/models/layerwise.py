@@ -1,10 +1,14 @@
-"""FlagEmbedding's layer-wise rerankers, which run the model's own code (RERANKER_TRUST_REMOTE_CODE).
+"""FlagEmbedding's layer-wise rerankers.
 
     layerwise    bge-reranker-v2-minicpm-layerwise: a score head after several layers; the model
                  stops at ``cutoff_layers`` and returns one score per position for each of them.
+                 Runs on this package's own implementation of the published architecture
+                 (minicpm_layerwise.py, no remote code); with RERANKER_TRUST_REMOTE_CODE=true, on
+                 the model's own code instead.
     lightweight  bge-reranker-v2.5-gemma2-lightweight: the same, plus token compression of the
                  passage from ``compress_layer`` on at ``compress_ratio``; it needs to know where
-                 the query ends and the prompt begins, so pairs are padded on the right.
+                 the query ends and the prompt begins, so pairs are padded on the right. It runs
+                 the model's own code (RERANKER_TRUST_REMOTE_CODE), written for transformers 4.4x.
 
 Both take FlagEmbedding's prompt ("A: query", "B: passage", prompt) and score one pair by the
 output of the chosen cutoff layer at its last real token; the score is its sigmoid
@@ -57,8 +61,29 @@ class LayerwiseReranker(PromptedLM):
         return raw.float().cpu().tolist()
 
 
+def load_native_minicpm(spec: ModelSpec, placement: Placement) -> tuple[Any, Any]:
+    """bge-reranker-v2-minicpm-layerwise on this package's own modules (minicpm_layerwise.py)."""
+    import transformers
+    from transformers import PretrainedConfig
+
+    from .architectures import attn_implementation
+    from .minicpm_layerwise import LayerWiseMiniCPM, minicpm_config
+
+    common: dict[str, Any] = dict(cache_dir=None if spec.local else str(spec.cache_dir), local_files_only=spec.offline)
+    raw, _ = PretrainedConfig.get_config_dict(spec.source, **common)
+    config = minicpm_config(raw)
+    implementation, _ = attn_implementation(spec, auto_class="AutoModelForCausalLM", config=config)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(spec.source, **common)
+    model = LayerWiseMiniCPM.from_pretrained(spec.source, config=config, dtype=placement.dtype,
+                                             attn_implementation=implementation or "sdpa", **common)
+    return model.to(placement.device), tokenizer
+
+
 def load_layerwise(spec: ModelSpec, *, family: Family, placement: Placement, backend: str) -> LayerwiseReranker:
-    model, hf_tokenizer = load_hf(spec, placement)
+    if family.name == "layerwise" and not spec.trust_remote_code:
+        model, hf_tokenizer = load_native_minicpm(spec, placement)
+    else:  # the model's own code (RERANKER_TRUST_REMOTE_CODE=true; the lightweight model has no other)
+        model, hf_tokenizer = load_hf(spec, placement)
     default = FLAG_LIGHTWEIGHT_PROMPT if family.compresses else FLAG_LLM_PROMPT
     template = flag_llm_template(rust_tokenizer(hf_tokenizer), bos=flag_bos(hf_tokenizer),
                                  prompt=spec.instruction or default)
