@@ -8,7 +8,7 @@
     llm            bge-reranker-v2-gemma (FlagLLMReranker)      *ForCausalLM, model_type gemma
     mxbai-rerank-v2  mixedbread's mxbai-rerank-base/large-v2    Qwen2ForCausalLM named mxbai-rerank*
     layerwise      bge-reranker-v2-minicpm-layerwise            LayerWiseMiniCPMForCausalLM (native, or its own code)
-    lightweight    bge-reranker-v2.5-gemma2-lightweight         CostWiseGemmaForCausalLM (remote code)
+    lightweight    bge-reranker-v2.5-gemma2-lightweight         CostWiseGemmaForCausalLM (native, or its own code)
 
 The loader (device placement, precision, detection, settings, /info) asks the record; a new
 family is one entry here and the module its ``loader`` names. This module imports nothing
@@ -69,7 +69,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family(name="layerwise", description="bge-reranker-v2-minicpm-layerwise", decoder=True,
            loader=f"{_MODELS}.layerwise:load_layerwise",
            detect=lambda archs, mt: "LayerWiseMiniCPMForCausalLM" in archs),
-    Family(name="lightweight", description="bge-reranker-v2.5-gemma2-lightweight", decoder=True, remote_code=True,
+    Family(name="lightweight", description="bge-reranker-v2.5-gemma2-lightweight", decoder=True,
            compresses=True, loader=f"{_MODELS}.layerwise:load_layerwise",
            detect=lambda archs, mt: "CostWiseGemmaForCausalLM" in archs or mt == "cost_wise_gemma"),
     Family(name="qwen3-seq-cls", description="Qwen3-Reranker converted to a sequence classifier", decoder=True,
