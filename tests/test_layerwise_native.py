@@ -282,7 +282,7 @@ def light_folder(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def light_server(light_folder):
-    entries = [{"model": str(light_folder), "name": "plain", "cutoff_layer": 4},
+    entries = [{"model": str(light_folder), "name": "plain"},  # cutoff unset: the last layer with a head, 4
                {"model": str(light_folder), "name": "compressed", "cutoff_layer": 3, "compress_ratio": 2,
                 "compress_layers": [2]}]
     srv = RunningServer(create_app(settings_for(light_folder, models=json.dumps(entries), max_length=512,

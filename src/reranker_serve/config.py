@@ -230,7 +230,7 @@ class Settings(BaseSettings):
         "auto", description="Forward pass: torch, or openvino (cross-encoders on the CPU); auto: openvino where it applies."
     )
     trust_remote_code: bool = Field(
-        False, description="Run Python code shipped with the model (the lightweight reranker needs it)."
+        False, description="Run Python code shipped with the model instead of the server's own implementation."
     )
     instruction: str | None = Field(
         None, description="Default instruction (Qwen3-Reranker) or prompt (LLM rerankers); unset: the model card's."

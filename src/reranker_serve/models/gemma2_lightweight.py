@@ -139,7 +139,9 @@ class CostWiseGemma(_pretrained_base()):  # type: ignore[misc]
                 prompt_lengths: Sequence[int] | None = None, **_: Any) -> CostWiseOutput:
         config = self.config
         usable = list(range(config.start_layer, config.num_hidden_layers + 1, config.layer_sep))
-        wanted = [config.num_hidden_layers] if cutoff_layers is None else list(cutoff_layers)
+        # Unset: the last layer with a head. (The published code defaults to the last layer, which
+        # has no head in the published model: its only head is at 28 of 42.)
+        wanted = [usable[-1]] if cutoff_layers is None else list(cutoff_layers)
         layers = [layer for layer in wanted if layer in usable]
         if len(layers) < len(wanted):
             logger.warning("cutoff layers {} have no score head (the heads are at {}); ignored",
