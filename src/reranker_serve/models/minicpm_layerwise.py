@@ -40,7 +40,8 @@ def minicpm_config(raw: dict[str, Any]) -> Any:
         num_hidden_layers=raw["num_hidden_layers"], num_attention_heads=heads,
         num_key_value_heads=raw.get("num_key_value_heads") or heads, hidden_act=raw.get("hidden_act", "silu"),
         max_position_embeddings=raw.get("max_position_embeddings", 2048), rms_norm_eps=raw.get("rms_norm_eps", 1e-6),
-        rope_theta=float(raw.get("rope_theta", 10000.0)), attention_bias=bool(raw.get("attention_bias", False)),
+        rope_parameters={"rope_type": "default", "rope_theta": float(raw.get("rope_theta", 10000.0))},
+        attention_bias=bool(raw.get("attention_bias", False)),
         pad_token_id=raw.get("pad_token_id"), bos_token_id=raw.get("bos_token_id", 1),
         eos_token_id=raw.get("eos_token_id", 2), tie_word_embeddings=False,
     )
