@@ -246,3 +246,19 @@ def test_a_model_that_scores_nan_on_torch_in_float32_gets_no_useless_advice(tmp_
         assert info["backend"] == "torch"  # OpenVINO's check found no agreement with torch's NaN
     finally:
         srv.stop()
+
+
+def test_an_architecture_transformers_lacks_is_refused_with_its_remedy(folders, tmp_path):
+    import shutil
+
+    # GTE as Alibaba first published it: model_type "new", its code in another repository.
+    folder = tmp_path / "gte-new"
+    shutil.copytree(folders["gte"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="new", architectures=["NewForSequenceClassification"],
+                  auto_map={"AutoConfig": "Alibaba-NLP/new-impl--configuration.NewConfig",
+                            "AutoModelForSequenceClassification": "Alibaba-NLP/new-impl--modeling.NewForSequenceClassification"})
+    (folder / "config.json").write_text(json.dumps(config))
+    error = load_error(settings_for(folder, warmup_seconds=0))
+    assert "model_type 'new' (NewForSequenceClassification) is not an architecture the installed transformers has" in error
+    assert "RERANKER_TRUST_REMOTE_CODE=true" in error

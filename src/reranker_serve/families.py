@@ -39,6 +39,9 @@ class Family:
     unpadded: bool = False  # packed tokens with per-pair variable-length attention (RERANKER_ATTENTION)
     shares_prefix: bool = False  # a request's prompt prefix computed once, its keys/values reused
     compresses: bool = False  # token compression of the passage (needs right padding)
+    # Whether this package implements the architecture itself (else transformers must know its
+    # model_type, or the model's own code must run).
+    native: bool = False
     # Whether it is this family, from config.json's architectures and model_type.
     detect: Callable[[list[str], str], bool]
     # Where the architecture is a general one (a Qwen2 chat model is no reranker), what the model's
@@ -66,10 +69,10 @@ _MODELS = "reranker_serve.models"
 # In detection order: the first that matches wins (the remote-code architectures end in
 # ForCausalLM too, so they come first).
 FAMILIES: dict[str, Family] = {f.name: f for f in (
-    Family(name="layerwise", description="bge-reranker-v2-minicpm-layerwise", decoder=True,
+    Family(name="layerwise", description="bge-reranker-v2-minicpm-layerwise", decoder=True, native=True,
            loader=f"{_MODELS}.layerwise:load_layerwise",
            detect=lambda archs, mt: "LayerWiseMiniCPMForCausalLM" in archs),
-    Family(name="lightweight", description="bge-reranker-v2.5-gemma2-lightweight", decoder=True,
+    Family(name="lightweight", description="bge-reranker-v2.5-gemma2-lightweight", decoder=True, native=True,
            compresses=True, loader=f"{_MODELS}.layerwise:load_layerwise",
            detect=lambda archs, mt: "CostWiseGemmaForCausalLM" in archs or mt == "cost_wise_gemma"),
     Family(name="qwen3-seq-cls", description="Qwen3-Reranker converted to a sequence classifier", decoder=True,

@@ -111,7 +111,15 @@ def load_model(spec: ModelSpec, placement: Placement) -> ScoringModel:
         spec.cache_dir.mkdir(parents=True, exist_ok=True)
         if not spec.offline:
             spec = _from_hub(spec)
-    family = detect_family(_read_config(spec), spec.model_type, source=spec.source)
+    config = _read_config(spec)
+    family = detect_family(config, spec.model_type, source=spec.source)
+    if not family.native and not spec.trust_remote_code:
+        from .architectures import unknown_to_transformers
+
+        unknown = unknown_to_transformers(config)
+        if unknown is not None:
+            raise ModelLoadError(f"cannot load {spec.describe()}: {unknown}; set RERANKER_TRUST_REMOTE_CODE=true to "
+                                 "run the model's own code, if you trust its source")
     if family.remote_code and not spec.trust_remote_code:
         raise ModelLoadError(
             f"{spec.describe()} is a {family.name} reranker, which runs Python code shipped with the model: "

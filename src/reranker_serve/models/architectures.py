@@ -17,7 +17,7 @@ from loguru import logger
 from ..config import ModelSpec
 from ..errors import ModelLoadError
 
-__all__ = ["attn_implementation", "model_class"]
+__all__ = ["attn_implementation", "model_class", "unknown_to_transformers"]
 
 
 def _load_config(spec: ModelSpec) -> Any:
@@ -58,3 +58,16 @@ def attn_implementation(spec: ModelSpec, *, auto_class: str, config: Any | None 
     why = f"eager: {cls.__name__} has no SDPA attention"
     logger.info("{}: {} (RERANKER_ATTN_IMPLEMENTATION=sdpa|eager overrides)", spec.name, why)
     return "eager", why
+
+
+def unknown_to_transformers(config: dict[str, Any]) -> str | None:
+    """Why a model needs its own code to load (a model_type transformers does not have), or None."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    model_type = str(config.get("model_type") or "")
+    if not model_type or model_type in CONFIG_MAPPING:
+        return None
+    architectures = config.get("architectures") or []
+    where = " (its code ships with it: auto_map)" if config.get("auto_map") else ""
+    return (f"model_type {model_type!r} ({', '.join(architectures) or 'no architectures'}) is not an architecture the "
+            f"installed transformers has{where}")
