@@ -35,6 +35,8 @@ class ModelInfo(BaseModel):
     family: str | None = Field(description=f"One of {', '.join(FAMILY_NAMES)}.")
     backend: str | None = Field(description="What runs the forward pass: torch or openvino.")
     attention: str | None = Field(None, description="padded or unpadded (packed, variable-length attention).")
+    backend_note: str | None = Field(None, description="Why this backend: OpenVINO's start-up check against torch, "
+                                     "or why the model serves on torch instead.")
     device: str | None
     dtype: str | None
     max_length: int = Field(description="Tokens per (query, document) pair.")
@@ -117,6 +119,7 @@ def _model_info(registry: ModelRegistry, spec: ModelSpec) -> ModelInfo:
         family=model.family if model else None,
         backend=model.backend if model else None,
         attention=getattr(model, "attention", "padded") if model else None,
+        backend_note=(model.backend_note or None) if model else None,
         device=model.device if model else None,
         dtype=model.dtype_name if model else None,
         max_length=model.max_length if model else spec.max_length,
