@@ -14,7 +14,9 @@ def test_v1_strings(client, reference):
     r = client.post("/v1/rerank", json={"model": "rerank-english-v3.0", "query": QUERY, "documents": DOCS, "top_n": 3})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert set(body) == {"id", "results", "meta", "usage"}
+    # Together's typed reply (issue 18) declares `object` and `model` required on /v1/rerank.
+    assert set(body) == {"id", "results", "meta", "usage", "object", "model"}
+    assert body["object"] == "rerank" and body["model"] == "tiny-reranker"  # the model that answered
     reply = CohereV1RerankResponse.model_validate(body)
     uuid.UUID(reply.id)
     assert [x.index for x in reply.results] == reference.ranking(QUERY, DOCS)[:3]

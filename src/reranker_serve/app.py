@@ -22,7 +22,7 @@ from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__
-from .api import cohere, jina, native, system
+from .api import cohere, infinity, jina, mixedbread, native, nim, system
 from .api.common import bearer_scheme
 from .api.dialect import Dialect
 from .config import Settings, load_settings
@@ -141,7 +141,8 @@ def create_app(
     app = FastAPIOffline(
         title="reranker-serve",
         version=__version__,
-        summary="Cross-encoder reranking behind the native, TEI, Cohere and Jina rerank APIs.",
+        summary="Cross-encoder reranking behind the native, TEI, Cohere, Jina, Voyage, NVIDIA NIM, Mixedbread and "
+        "Infinity rerank APIs.",
         lifespan=lifespan,
     )
     app.state.settings = settings
@@ -154,7 +155,9 @@ def create_app(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", "X-Request-ID", "X-Priority", "Cache-Control", "traceparent"],
         )
-    dialects = [native.dialect, cohere.dialect, jina.dialect]
+    # Ahead of Cohere's: the first dialect that owns a path answers its 404s and 405s, and Cohere
+    # owns every other path under /v1/.
+    dialects = [native.dialect, nim.dialect, mixedbread.dialect, infinity.dialect, cohere.dialect, jina.dialect]
     # Inside the request context (refusals are logged with their id), outside everything else.
     app.add_middleware(SystemRouteGuard, keys=app.state.keys, throttle=app.state.auth_throttle)
     app.add_middleware(HostGuard, hosts=allowed_hosts(settings), render=_renderer(dialects))

@@ -34,6 +34,9 @@ Backend = Literal["auto", "torch", "openvino"]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 # How a batch is laid out for attention; "auto": unpadded on CUDA if it passes its start-up self-check.
 Attention = Literal["auto", "padded", "unpadded"]
+# Which transformers attention implementation a model is built with; "auto": SDPA where its
+# architecture has it, else eager (DeBERTa-v2/v3 has no SDPA).
+AttnImplementation = Literal["auto", "sdpa", "eager"]
 _DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
 
 
@@ -53,6 +56,7 @@ class ConfigError(ValueError):
 _PER_MODEL = (
     "model_type", "backend", "trust_remote_code", "max_length", "dtype", "batch_size", "max_batch_tokens", "max_queue",
     "instruction", "cutoff_layer", "compress_ratio", "compress_layers", "attention", "share_prefix",
+    "attn_implementation",
 )
 
 
@@ -78,8 +82,10 @@ class ModelEntry(BaseModel):
     compress_layers: list[int] | None = None
     attention: Attention | None = None
     share_prefix: bool | None = None
+    attn_implementation: AttnImplementation | None = None
 
-    _normalise_choice = field_validator("model_type", "backend", "dtype", "attention", mode="before")(_choice)
+    _normalise_choice = field_validator("model_type", "backend", "dtype", "attention", "attn_implementation",
+                                        mode="before")(_choice)
 
     @field_validator("name")
     @classmethod
@@ -120,6 +126,7 @@ class ModelSpec:
     compress_layers: tuple[int, ...]
     attention: str = "auto"
     share_prefix: bool = True
+    attn_implementation: str = "auto"
 
     @property
     def name(self) -> str:
@@ -223,7 +230,7 @@ class Settings(BaseSettings):
         "auto", description="Forward pass: torch, or openvino (cross-encoders on the CPU); auto: openvino where it applies."
     )
     trust_remote_code: bool = Field(
-        False, description="Run Python code shipped with the model (layer-wise/lightweight rerankers need it)."
+        False, description="Run Python code shipped with the model instead of the server's own implementation."
     )
     instruction: str | None = Field(
         None, description="Default instruction (Qwen3-Reranker) or prompt (LLM rerankers); unset: the model card's."
@@ -335,6 +342,10 @@ class Settings(BaseSettings):
     share_prefix: bool = Field(
         True, description="LLM rerankers: compute a request's prompt prefix (instruction, query) once for all documents."
     )
+    attn_implementation: AttnImplementation = Field(
+        "auto", description="transformers attention implementation: sdpa, eager; auto: sdpa where the architecture "
+        "has it, else eager (logged).",
+    )
 
     # --- score cache and tracing (cache.py, tracing.py) -------------------------------------
     cache_mb: float = Field(
@@ -355,7 +366,7 @@ class Settings(BaseSettings):
         return value.lower() if isinstance(value, str) else value
 
     _normalise_choice = field_validator("dtype", "device", "model_type", "backend", "unknown_model", "attention",
-                                        mode="before")(_choice)
+                                        "attn_implementation", mode="before")(_choice)
 
     @field_validator("compress_layers", mode="before")
     @classmethod

@@ -43,6 +43,7 @@ class RerankQuery:
     truncation_direction: Literal["right", "left"] = "right"
     max_tokens_per_doc: int | None = None
     max_chunks_per_doc: int | None = None  # None: the server's RERANKER_MAX_CHUNKS_PER_DOC
+    chunk_overlap: int | None = None  # tokens shared by consecutive windows; None: RERANKER_CHUNK_OVERLAP
     instruction: str | None = None  # None: the model's default (LLM rerankers only)
     priority: Priority = "interactive"  # the order the batcher takes pairs in
     use_cache: bool = True  # False: the score cache is neither read nor written (Cache-Control: no-cache)
@@ -62,6 +63,20 @@ class RerankResult:
     total_tokens: int
     queue_time: float = 0.0
     inference_time: float = 0.0
+
+
+def non_finite_message(dtype_name: str, backend: str) -> str:
+    """What to say when a model scored NaN or inf: a remedy the configuration does not already follow."""
+    message = f"the model produced non-finite scores ({backend}, {dtype_name})"
+    remedies = []
+    if dtype_name != "float32":
+        remedies.append("set RERANKER_DTYPE=float32")  # fp16/bf16 overflow is the usual cause
+    if backend != "torch":
+        remedies.append("set RERANKER_BACKEND=torch")
+    if remedies:
+        return f"{message}; if this repeats, {' or '.join(remedies)}"
+    # float32 on torch: not a precision problem the settings can fix.
+    return f"{message}, in float32 on torch: the model's weights or its inputs are broken; please report it"
 
 
 def _invalid(message: str) -> RerankError:
@@ -114,6 +129,8 @@ class Reranker:
         )
         if q.max_chunks_per_doc is not None:
             overrides["max_chunks"] = q.max_chunks_per_doc
+        if q.chunk_overlap is not None:
+            overrides["chunk_overlap"] = q.chunk_overlap
         options = engine.encode_options(**overrides)
         scored = await self._score(engine, q, options)
         scored_ns = time.time_ns() if self.tracing is not None else 0
@@ -126,8 +143,7 @@ class Reranker:
         if any(not math.isfinite(x) for x in raw):
             raise RerankError(
                 ErrorKind.BACKEND,
-                f"the model produced non-finite scores in {model.dtype_name}; "
-                "set RERANKER_DTYPE=float32 if this repeats",
+                non_finite_message(model.dtype_name, model.backend),
             )
         scores = raw if q.raw_scores else [model.activate(x) for x in raw]
         # sorted() is stable: equal scores keep the order the client sent.

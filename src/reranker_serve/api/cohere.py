@@ -9,23 +9,30 @@ v2: documents are strings; `max_tokens_per_doc` truncates each document; results
     `index` and `relevance_score` (a document too when an older client asks with return_documents).
 
 Errors are `{"message": "..."}`; Cohere answers a bad request with 400 (not 422), and so do we.
+
+Also on /v1/rerank: Voyage's body (voyage.py; the discriminator is ``voyage.is_voyage``);
+Together's typed reply (`object: "rerank"`, `model`) on the v1 reply; SiliconFlow's
+`max_chunks_per_doc` above the cap served with the cap (X-Reranker-Adjusted) and its
+`overlap_tokens`; booleans as "true"/"false" (lenient.py).
 """
 
 from __future__ import annotations
 
 import math
 import uuid
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, Discriminator, Field, Tag, WithJsonSchema
 
+from ..config import MAX_CHUNKS_PER_DOC
 from ..errors import ErrorKind, RerankError
 from ..service import RerankQuery, RerankResult
 from .common import (
-    Instruction, JsonInt, MaxChunks, ModelName, NON_BLANK, NON_EMPTY, Text, TopN, Usage, document_texts,
-    scrub_surrogates,
+    Instruction, JsonInt, ModelName, NON_BLANK, NON_EMPTY, Text, TopN, Usage, document_texts, scrub_surrogates,
 )
-from .dialect import Dialect
+from .dialect import Dialect, DialectRequest
+from .lenient import LenientBool, clamp
+from .voyage import VoyageRerankRequest, VoyageRerankResponse, is_voyage
 
 __all__ = ["dialect"]
 
@@ -36,10 +43,7 @@ Document = Text | Annotated[dict[str, Any], AfterValidator(scrub_surrogates),
 
 
 # -- requests --------------------------------------------------------------------------------------
-class _CohereRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    dialect_label: ClassVar[str | None] = None
-
+class _CohereRequest(DialectRequest):
     model: ModelName = None
     query: Text = Field(examples=["What is the capital of the United States?"], json_schema_extra=NON_BLANK)
     documents: list[Document] = Field(
@@ -47,7 +51,7 @@ class _CohereRequest(BaseModel):
     )
     top_n: TopN = None
     rank_fields: list[str] | None = Field(None, description="Object fields to rank on (default: `text`).")
-    return_documents: StrictBool = Field(False, description="Include each document in the results.")
+    return_documents: LenientBool = Field(False, description="Include each document in the results.")
     instruction: Instruction = None
 
     def _query(self, **extra: Any) -> RerankQuery:
@@ -69,14 +73,29 @@ class _CohereRequest(BaseModel):
 
 
 class CohereV1RerankRequest(_CohereRequest):
-    max_chunks_per_doc: MaxChunks = None
+    # More than the server's cap is served with the cap (and the X-Reranker-Adjusted header), not
+    # refused: SiliconFlow-shaped clients (RAGFlow, llama-index) send 1024 and cannot be changed.
+    max_chunks_per_doc: JsonInt | None = Field(
+        None, json_schema_extra={"minimum": 1},
+        description="Split documents longer than the window into up to N overlapping windows; a document scores "
+        f"as its best window (null: the server's RERANKER_MAX_CHUNKS_PER_DOC; 1: truncate; more than "
+        f"{MAX_CHUNKS_PER_DOC}: {MAX_CHUNKS_PER_DOC}).",
+    )
+    overlap_tokens: JsonInt | None = Field(
+        None, ge=0, description="Tokens shared by consecutive windows (SiliconFlow's name; null: the server's "
+        "RERANKER_CHUNK_OVERLAP; at most half a window).",
+    )
 
     def to_query(self) -> RerankQuery:
-        return self._query(max_chunks_per_doc=self.max_chunks_per_doc)
+        chunks, adjusted = clamp("max_chunks_per_doc", self.max_chunks_per_doc, MAX_CHUNKS_PER_DOC,
+                                 "the server's cap")
+        self.note(adjusted)
+        return self._query(max_chunks_per_doc=chunks, chunk_overlap=self.overlap_tokens)
 
     def reply(self, result: RerankResult) -> CohereV1RerankResponse:
         return CohereV1RerankResponse.build(
-            self, result, ApiVersion(version="1"), usage=Usage(total_tokens=result.total_tokens)
+            self, result, ApiVersion(version="1"), usage=Usage(total_tokens=result.total_tokens),
+            model=result.model,
         )
 
 
@@ -133,6 +152,9 @@ class CohereRerankResponse(BaseModel):
 
 
 class CohereV1RerankResponse(CohereRerankResponse):
+    # Together's typed reply (the together SDK, LiteLLM together_ai/) declares these two required.
+    object: Literal["rerank"] = "rerank"
+    model: str = Field(description="The model that answered.")
     usage: Usage = Field(description="Jina's token count, for Jina-shaped clients of /v1/rerank.")
 
 
@@ -160,8 +182,20 @@ class CohereDialect(Dialect):
 
 
 # -- routes ----------------------------------------------------------------------------------------
+def _v1_dialect_of(body: Any) -> str:
+    return "voyage" if is_voyage(body) else "cohere"
+
+
+# /v1/rerank is Cohere v1's path and Voyage's: a body with Voyage's own fields (`top_k`,
+# `truncation`) and none of Cohere's (`top_n`, `rank_fields`, `max_chunks_per_doc`) is Voyage's.
+V1RerankBody = Annotated[
+    Annotated[CohereV1RerankRequest, Tag("cohere")] | Annotated[VoyageRerankRequest, Tag("voyage")],
+    Discriminator(_v1_dialect_of),
+]
+
 dialect = CohereDialect(tags=["Cohere"])
-dialect.rerank_route("/v1/rerank", request=CohereV1RerankRequest, reply=CohereV1RerankResponse,
-                     summary="Rerank documents (Cohere v1; also Jina-shaped clients)")
+dialect.rerank_route("/v1/rerank", request=V1RerankBody, reply=CohereV1RerankResponse | VoyageRerankResponse,
+                     summary="Rerank documents (Cohere v1, Jina-shaped clients; Voyage's when the body has "
+                     "`top_k` or `truncation`)")
 dialect.rerank_route("/v2/rerank", request=CohereV2RerankRequest, reply=CohereV2RerankResponse,
                      summary="Rerank documents (Cohere v2)")

@@ -41,7 +41,7 @@ ErrorRenderer = Callable[[RerankError], Response]
 bearer_scheme = HTTPBearer(auto_error=False, description="Needed when RERANKER_API_KEY is set.")
 
 
-_TYPE_LABELS = {"str", "int", "float", "bool", "list", "dict", "native", "tei"}
+_TYPE_LABELS = {"str", "int", "float", "bool", "list", "dict", "native", "tei", "cohere", "voyage", "nim", "mixedbread"}
 
 
 def _location(loc: Sequence[Any]) -> str:

@@ -8,6 +8,12 @@ A dialect is three things:
     error shape     Dialect.error_body(RerankError)       (its error body)
     statuses        Dialect.status(ErrorKind)             (the kinds it answers differently, if any)
 
+Request models derive from ``DialectRequest``; one whose ``to_query`` serves a field other than
+as sent (a value clamped to the server's cap) notes it, and the reply says so in
+X-Reranker-Adjusted. Two dialects on one path are one route whose body is a discriminated union
+(``Annotated[A | B, Discriminator(fn)]``, fn reading the body's keys); its errors are the path
+owner's shape.
+
 Everything else is derived here, once: every rerank route ends in ``do_rerank`` (as vLLM's
 score/rerank router does); the error statuses that OpenAPI documents come from ``status()``
 over the error kinds (so the document states what the route really answers); 404 and 405 on a
@@ -17,12 +23,14 @@ dialect's paths come in its shape too.
 from __future__ import annotations
 
 import inspect
+import re
 from dataclasses import replace
-from typing import Any, ClassVar, Protocol, Sequence, get_args
+from typing import Annotated, Any, ClassVar, Protocol, Sequence, get_args, get_origin
 
-from fastapi import APIRouter, Body, Request, Response
+from fastapi import APIRouter, Body, Path, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from loguru import logger
+from pydantic import BaseModel, ConfigDict, Discriminator, PrivateAttr
 
 from ..cache import bypass_requested
 from ..errors import ErrorKind, RerankError
@@ -31,7 +39,7 @@ from ..service import Reranker, RerankQuery, RerankResult
 from .common import dialect_route, timing_headers
 from .deps import RerankerDep
 
-__all__ = ["Dialect", "RerankRequest", "do_rerank"]
+__all__ = ["ADJUSTED_HEADER", "Dialect", "DialectRequest", "RerankRequest", "do_rerank"]
 
 _PRIORITIES = get_args(Priority)
 
@@ -62,6 +70,30 @@ class RerankRequest(Protocol):
 
     def reply(self, result: RerankResult) -> Any: ...
 
+    def adjustments(self) -> list[str]: ...
+
+
+# Where a request was served other than as asked (a value clamped to the server's cap), the
+# reply says so in this header, one `name=value (why)` note per field, and the log too, rather
+# than refusing a request its client cannot change (SiliconFlow-shaped clients' 1024 chunks).
+ADJUSTED_HEADER = "X-Reranker-Adjusted"
+
+
+class DialectRequest(BaseModel):
+    """Base of the request models: unknown fields ignored, no label, and the notes
+    ``to_query`` leaves about what it adjusted (``note``)."""
+
+    model_config = ConfigDict(extra="ignore")
+    dialect_label: ClassVar[str | None] = None
+    _adjusted: list[str] = PrivateAttr(default_factory=list)
+
+    def note(self, adjustment: str | None) -> None:
+        if adjustment:
+            self._adjusted.append(adjustment)
+
+    def adjustments(self) -> list[str]:
+        return list(self._adjusted)
+
 
 async def do_rerank(body: RerankRequest, reranker: Reranker, request: Request, response: Response) -> Any:
     """The one handler behind every rerank route."""
@@ -78,6 +110,10 @@ async def do_rerank(body: RerankRequest, reranker: Reranker, request: Request, r
         query = replace(query, use_cache=False)
     result = await reranker.rerank(query)
     response.headers.update(timing_headers(result))
+    adjusted = body.adjustments()
+    if adjusted:
+        logger.info("served {} adjusted: {}", request.url.path, "; ".join(adjusted))
+        response.headers[ADJUSTED_HEADER] = "; ".join(adjusted)
     return body.reply(result)
 
 
@@ -118,6 +154,12 @@ class Dialect:
         answered = {str(s) for s in self.statuses()}
         for path in self.paths:
             for operation in openapi.get("paths", {}).get(path, {}).values():
+                # Two dialects on one path: a body either accepts is accepted (the discriminator
+                # picks by its keys), so the document says anyOf, not the oneOf pydantic writes.
+                body = operation.get("requestBody", {}).get("content", {}).get("application/json", {})
+                if "oneOf" in body.get("schema", {}):
+                    body["schema"]["anyOf"] = body["schema"].pop("oneOf")
+                    body["schema"].pop("discriminator", None)
                 responses = operation.get("responses", {})
                 for status in [s for s in responses if s.isdigit() and int(s) >= 400 and s not in answered]:
                     del responses[status]
@@ -125,17 +167,35 @@ class Dialect:
     def rerank_route(self, path: str, *, request: Any, reply: Any, summary: str) -> None:
         """Add ``POST path``: parse ``request``, rank, answer ``reply`` — via ``do_rerank``."""
 
-        async def endpoint(body: Any, reranker: Any, request: Request, response: Response) -> Any:
+        async def endpoint(body: Any, reranker: Any, request: Request, response: Response, **_path: str) -> Any:
             return await do_rerank(body, reranker, request, response)
 
-        # FastAPI reads the parameters' types from the signature: give it the real ones.
+        # FastAPI keeps only the FieldInfo of an Annotated parameter: a bare Discriminator (two
+        # dialects on one path) would be dropped and the body parsed as a plain union, by the
+        # first member that happens to validate. Handed over inside Body(), it is applied.
+        body_type, body_default = request, Body()
+        if get_origin(request) is Annotated:
+            inner, *metadata = get_args(request)
+            tags = [m for m in metadata if isinstance(m, Discriminator)]
+            if tags:
+                body_type, body_default = Annotated[inner, Body(discriminator=tags[0])], inspect.Parameter.empty
+
+        # FastAPI reads the parameters' types from the signature: give it the real ones. Path
+        # parameters (NIM's /v1/retrieval/{model}/reranking) are declared so that OpenAPI states
+        # them; the body says what to rank, so their values are not used.
+        path_params = [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=str,
+                              default=Path(description="Part of the vendor's URL; the body's fields decide."))
+            for name in re.findall(r"\{(\w+)(?::\w+)?\}", path)
+        ]
         endpoint.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
-            inspect.Parameter("body", inspect.Parameter.KEYWORD_ONLY, annotation=request, default=Body()),
+            inspect.Parameter("body", inspect.Parameter.KEYWORD_ONLY, annotation=body_type, default=body_default),
             inspect.Parameter("reranker", inspect.Parameter.KEYWORD_ONLY, annotation=RerankerDep),
             inspect.Parameter("request", inspect.Parameter.KEYWORD_ONLY, annotation=Request),
             inspect.Parameter("response", inspect.Parameter.KEYWORD_ONLY, annotation=Response),
+            *path_params,
         ], return_annotation=reply)
-        endpoint.__name__ = f"rerank_{self.name}_{path.strip('/').replace('/', '_')}"
+        endpoint.__name__ = "_".join(["rerank", self.name, *re.findall(r"\w+", path)])
         self.router.add_api_route(
             path, endpoint, methods=["POST"], response_model=reply, response_model_exclude_none=True,
             responses={s: {"model": self.error_model} for s in self.statuses()}, summary=summary,

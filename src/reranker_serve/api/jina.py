@@ -7,16 +7,17 @@ errors are FastAPI-style `{"detail": "..."}`, as Jina's API answers them.
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, StrictBool, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import RerankError
 from ..service import RerankQuery, RerankResult
 from .common import (
     Instruction, MaxChunks, ModelName, NON_BLANK, NON_EMPTY, RankedDocument, Text, TopN, Usage, ranked_documents,
 )
-from .dialect import Dialect
+from .dialect import Dialect, DialectRequest
+from .lenient import LenientBool
 
 __all__ = ["dialect"]
 
@@ -31,15 +32,12 @@ class JinaQuery(BaseModel):
     text: Text = Field(json_schema_extra=NON_BLANK)
 
 
-class JinaRerankRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    dialect_label: ClassVar[str | None] = None
-
+class JinaRerankRequest(DialectRequest):
     model: ModelName = Field(None, examples=["jina-reranker-v2-base-multilingual"])
     query: Annotated[Text, Field(examples=["Organic skincare products for sensitive skin"], json_schema_extra=NON_BLANK)] | JinaQuery
     documents: list[Text | JinaDocument] = Field(json_schema_extra=NON_EMPTY)
     top_n: TopN = None
-    return_documents: StrictBool = Field(True, description="Include each document as {text} (Jina's default: true).")
+    return_documents: LenientBool = Field(True, description="Include each document as {text} (Jina's default: true).")
     max_chunks_per_doc: MaxChunks = None
     instruction: Instruction = None
 

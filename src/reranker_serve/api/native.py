@@ -1,8 +1,10 @@
 """`POST /rerank`: the native dialect, and Hugging Face TEI's dialect on the same path.
 
 A body with `texts` is a TEI request (TEI semantics: `return_text`, `raw_scores`, `truncate`,
-`truncation_direction`; the reply is a bare array of `{index, score, text?}`); any other body is
-a native request (`documents`; the reply is `{model, results, usage}`).
+`truncation_direction`, and `top_n`, which LiteLLM `huggingface/` sends; the reply is a bare array
+of `{index, score, text?}`); any other body is a native request (`documents`; the reply is
+`{model, results, usage}`, `usage` with Infinity's `prompt_tokens` beside `total_tokens`, and a
+returned document as vLLM's `{text}`: Infinity's string form is under /infinity, infinity.py).
 
 Errors on this path use TEI's shape, `{"error": "...", "error_type": "Validation"}`, for both:
 a body that is not even JSON cannot tell us which of the two the client meant.
@@ -12,30 +14,29 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, StrictBool, Discriminator, Field, Tag, field_validator
+from pydantic import BaseModel, Discriminator, Field, Tag, field_validator
 
 from ..errors import ErrorKind, RerankError
 from ..service import RerankQuery, RerankResult
 from .common import (
-    Instruction, MaxChunks, ModelName, NON_BLANK, NON_EMPTY, RankedDocument, Text, TopN, Usage, ranked_documents,
+    Instruction, MaxChunks, ModelName, NON_BLANK, NON_EMPTY, RankedDocument, Text, TopN, ranked_documents,
 )
-from .dialect import Dialect
+from .dialect import Dialect, DialectRequest
+from .infinity import InfinityUsage
+from .lenient import LenientBool
 
 __all__ = ["dialect"]
 
 
 # -- native --------------------------------------------------------------------------------------
-class NativeRerankRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    dialect_label: ClassVar[str | None] = None
-
+class NativeRerankRequest(DialectRequest):
     model: ModelName = None
     query: Text = Field(description="The search query.", examples=["What is the capital of France?"],
                         json_schema_extra=NON_BLANK)
     documents: list[Text] = Field(description="Candidate documents, as plain strings.", json_schema_extra=NON_EMPTY)
     top_n: TopN = None
-    return_documents: StrictBool = Field(False, description="Include each document's text in the results.")
-    raw_scores: StrictBool = Field(False, description="Return raw logits instead of sigmoid-normalised scores.")
+    return_documents: LenientBool = Field(False, description="Include each document's text in the results.")
+    raw_scores: LenientBool = Field(False, description="Return raw logits instead of sigmoid-normalised scores.")
     max_chunks_per_doc: MaxChunks = None
     instruction: Instruction = None
 
@@ -53,26 +54,29 @@ class NativeRerankRequest(BaseModel):
 
     def reply(self, result: RerankResult) -> NativeRerankResponse:
         return NativeRerankResponse(model=result.model, results=ranked_documents(result),
-                                    usage=Usage(total_tokens=result.total_tokens))
+                                    usage=InfinityUsage.of(result))
 
 
 class NativeRerankResponse(BaseModel):
     model: str
     results: list[RankedDocument] = Field(description="Best first.")
-    usage: Usage
+    # prompt_tokens too: Infinity's clients (infinity_client, langchain's InfinityRerank) post
+    # this body to /rerank and read it; their document shape is served under /infinity (infinity.py).
+    usage: InfinityUsage
 
 
 # -- TEI -------------------------------------------------------------------------------------------
-class TEIRerankRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class TEIRerankRequest(DialectRequest):
     dialect_label: ClassVar[str | None] = "tei"  # same path as native: label metrics and logs apart
 
     query: Text = Field(examples=["What is Deep Learning?"], json_schema_extra=NON_BLANK)
     texts: list[Text] = Field(examples=[["Deep Learning is not...", "Deep learning is..."]], json_schema_extra=NON_EMPTY)
-    truncate: StrictBool | None = Field(None, description="Cut over-long inputs (null: the server default, true).")
+    truncate: LenientBool | None = Field(None, description="Cut over-long inputs (null: the server default, true).")
     truncation_direction: Literal["right", "left"] = "right"
-    raw_scores: StrictBool = False
-    return_text: StrictBool = False
+    raw_scores: LenientBool = False
+    return_text: LenientBool = False
+    # Not TEI's, but LiteLLM huggingface/ sends it (Cohere's top_n, passed through) and expects it honoured.
+    top_n: TopN = None
     model: ModelName = None
     instruction: Instruction = None
 
@@ -86,6 +90,7 @@ class TEIRerankRequest(BaseModel):
         return RerankQuery(
             query=self.query,
             documents=self.texts,
+            top_n=self.top_n,
             return_documents=self.return_text,
             raw_scores=self.raw_scores,
             truncate=self.truncate is not False,

@@ -37,6 +37,8 @@ class ModelInfo(BaseModel):
     family: str | None = Field(description=f"One of {', '.join(FAMILY_NAMES)}.")
     backend: str | None = Field(description="What runs the forward pass: torch or openvino.")
     attention: str | None = Field(None, description="padded or unpadded (packed, variable-length attention).")
+    backend_note: str | None = Field(None, description="Why this backend: OpenVINO's start-up check against torch, "
+                                     "or why the model serves on torch instead.")
     device: str | None
     dtype: str | None
     max_length: int = Field(description="Tokens per (query, document) pair.")
@@ -49,6 +51,13 @@ class ModelInfo(BaseModel):
         "1 otherwise.",
     )
     takes_instruction: bool | None = Field(description="Whether requests may send an `instruction`.")
+
+
+class TEIClassifier(BaseModel):
+    """TEI's `ClassifierModel`: a reranker is a one-label classifier."""
+
+    id2label: dict[str, str] = {"0": "LABEL_0"}
+    label2id: dict[str, int] = {"LABEL_0": 0}
 
 
 class Info(BaseModel):
@@ -69,6 +78,16 @@ class Info(BaseModel):
     model_dtype: str | None
     max_input_length: int
     max_client_batch_size: int
+    # The rest of TEI's /info: Dify's TEI provider refuses a server whose `model_type` has no
+    # `reranker` key; the others are there for clients that read TEI's whole Info.
+    model_type: dict[str, TEIClassifier] = Field(description='TEI\'s model kind: {"reranker": {id2label, label2id}}.')
+    model_sha: str | None = None
+    max_concurrent_requests: int = Field(description="TEI's name for the queue bound (max_queue).")
+    max_batch_requests: int | None = Field(description="TEI's name for the batch size.")
+    auto_truncate: bool = Field(True, description="Over-long inputs are cut unless a request says otherwise.")
+    tokenization_workers: int = Field(description="Processes tokenizing (one per worker).")
+    sha: str | None = None
+    docker_label: str | None = None
 
 
 class ModelCard(BaseModel):
@@ -109,6 +128,7 @@ def _model_info(registry: ModelRegistry, spec: ModelSpec, *, paths: bool = True)
         family=model.family if model else None,
         backend=model.backend if model else None,
         attention=getattr(model, "attention", "padded") if model else None,
+        backend_note=(model.backend_note or None) if model else None,
         device=model.device if model else None,
         dtype=model.dtype_name if model else None,
         max_length=model.max_length if model else spec.max_length,
@@ -164,6 +184,10 @@ async def info(request: Request, registry: RegistryDep, settings: SettingsDep) -
         model_dtype=default.dtype,
         max_input_length=default.max_length,
         max_client_batch_size=settings.max_documents,
+        model_type={"reranker": TEIClassifier()},
+        max_concurrent_requests=default.max_queue,
+        max_batch_requests=default.batch_size,
+        tokenization_workers=settings.workers,
     )
 
 
