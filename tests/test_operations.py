@@ -56,7 +56,7 @@ def test_auth_failures_are_counted(serve):
     srv = serve(api_key="k1", served_model_name="auth-metrics")
     srv.client.post("/api/v1/rerank", json={"query": QUERY, "documents": DOCS})
     srv.client.post("/api/v1/rerank", json={"query": QUERY, "documents": DOCS}, headers={"Authorization": "Bearer no"})
-    m = samples(srv.client.get("/metrics").text)
+    m = samples(srv.client.get("/metrics", headers={"Authorization": "Bearer k1"}).text)  # the admin's key
     assert m[("reranker_auth_failures_total", (("dialect", "jina"),))] == 2
 
 

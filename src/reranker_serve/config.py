@@ -292,6 +292,30 @@ class Settings(BaseSettings):
         default_factory=list, description="Origins allowed by CORS (comma-separated or JSON list); empty: CORS off."
     )
 
+    # --- HTTP hygiene and access (protocol.py, security.py) ----------------------------------
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Host header values served (comma-separated; `*`: any); empty: localhost "
+        "names only when HOST is a loopback address (DNS rebinding), any otherwise.",
+    )
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="A second listener, on HOST, serving only /metrics without a key (for "
+        "scrapers); unset: none (/metrics on PORT needs an admin key when keys are set).",
+    )
+    max_header_bytes: int = Field(
+        32 * 1024, ge=1024, description="Largest request line plus headers; larger: 431 and the connection closed.",
+    )
+    max_headers: int = Field(100, ge=8, description="Most header fields in one request; more: 431.")
+    header_timeout: float = Field(
+        10.0, gt=0, description="Seconds a connection gets to send a complete request line and headers; then 408.",
+    )
+    body_timeout: float = Field(60.0, gt=0, description="Seconds a request gets to send its whole body; then 408.")
+    max_connections: int = Field(
+        1024, ge=1, description="Most open connections per server process; more are refused (503) and logged.",
+    )
+    auth_failures_per_minute: int = Field(
+        10, ge=0, description="Wrong API keys one client address may send per minute before 429 (0: no limit).",
+    )
+
     # --- Ray Serve (`python -m reranker_serve.ray`; HOST/PORT are where Serve's proxy listens) --
     ray_address: str | None = Field(
         None, description="Ray cluster to join (e.g. auto, ray://head:10001); unset: start a local one."
@@ -369,6 +393,23 @@ class Settings(BaseSettings):
             return [o.strip() for o in text.split(",") if o.strip()]
         return value
 
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [h.strip().lower() for h in value.split(",") if h.strip()]
+        return value
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _blank_key(cls, value: object) -> object:
+        # Whitespace is never a key: it would match `Authorization: Bearer ` (a .env line that
+        # meant to set one). An empty value stays "no key" (the .env.example line) but see
+        # _empty_key_on_open_host.
+        if isinstance(value, str) and value and not value.strip():
+            raise ValueError("is whitespace only: set a real key, or remove the variable to run without one")
+        return value or None
+
     @field_validator("otlp_endpoint", mode="before")
     @classmethod
     def _otlp_endpoint(cls, value: object) -> object:
@@ -387,11 +428,23 @@ class Settings(BaseSettings):
 
         return check_protocol(value, endpoint=info.data.get("otlp_endpoint"))
 
-    @field_validator("api_key", "api_keys", "instance_id", "served_model_name", "model_path", "instruction", "cutoff_layer", mode="before")
+    @field_validator("api_keys", "metrics_port", "instance_id", "served_model_name", "model_path", "instruction", "cutoff_layer", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # `RERANKER_API_KEY=` in a .env means "no key", not "the empty key".
         return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _empty_key_on_open_host(self) -> Settings:
+        # RERANKER_API_KEY= (set, but empty) on an address other machines reach is a key that
+        # went missing (an empty secret, an unset shell variable), not a wish to run open.
+        if "api_key" in self.model_fields_set and self.api_key is None and self.api_keys is None \
+                and not is_loopback(self.host):
+            raise ValueError(
+                f"RERANKER_API_KEY is set but empty while RERANKER_HOST={self.host} is reachable from other machines: "
+                "set a key, or remove the variable to run without one"
+            )
+        return self
 
     @model_validator(mode="after")
     def _keys_parse(self) -> Settings:
@@ -477,6 +530,18 @@ class Settings(BaseSettings):
     def model_specs(self) -> list[ModelSpec]:
         """Every served model, the default first."""
         return list(self._specs)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the server on this machine (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def describe_validation_error(error: ValidationError) -> str:
