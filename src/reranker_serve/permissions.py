@@ -59,14 +59,14 @@ def unreadable_message(folder: Path) -> str | None:
     """None when this process can read every file of ``folder`` (or the folder does not exist:
     that is for the caller to say); else a message that names the permission error and its fix."""
     try:
-        folder.stat()
+        info = folder.stat()
     except PermissionError:
         return (f"folder {str(folder)!r} cannot be reached by this process (uid {os.geteuid()}): a folder above "
                 "it may not be entered (permission denied): allow it with `chmod a+x` on that folder; then "
                 + _fix(folder))
     except OSError:
         return None
-    if not stat.S_ISDIR(folder.stat().st_mode):
+    if not stat.S_ISDIR(info.st_mode):
         return None
     blocked = _blocked(folder)
     if not blocked:
