@@ -39,14 +39,14 @@ PROMPT_WORDS = [
 ]
 
 
-def corpus(data: Path) -> list[str]:
-    texts = []
+def corpus(data: Path, limit: int | None = None) -> list[str]:
+    texts: list[str] = []
     for path in sorted((data / "corpus").glob("*")):
         texts += [t.strip() for t in re.findall(r"</DOCNO>(.*?)</DOC>", path.read_text(), re.DOTALL)]
-    return texts or ["the quick brown fox jumps over the lazy dog"] * 100
+    return texts[:limit] or ["the quick brown fox jumps over the lazy dog"] * 100
 
 
-def build(shape: str, out: Path, *, data: Path, vocab: int, seed: int = 0) -> None:
+def build(shape: str, out: Path, *, data: Path, vocab: int, max_docs: int | None = None, seed: int = 0) -> None:
     import torch
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
@@ -57,7 +57,7 @@ def build(shape: str, out: Path, *, data: Path, vocab: int, seed: int = 0) -> No
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=specials, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(corpus(data) + PROMPT_WORDS * 10, trainer)
+    tok.train_from_iterator(corpus(data, max_docs) + PROMPT_WORDS * 10, trainer)
     tok.add_tokens(["<think>", "</think>", AddedToken("yes", single_word=True), AddedToken("no", single_word=True)])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=8192, pad_token="<|endoftext|>",
                                    eos_token="<|im_end|>")
@@ -81,8 +81,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("out", type=Path)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Vaswani-style collection to train the BPE on")
     ap.add_argument("--vocab", type=int, default=8000, help="BPE pieces learned (the model keeps its own size)")
+    ap.add_argument("--max-docs", type=int, help="train the BPE on the first N documents only")
     args = ap.parse_args(argv)
-    build(args.shape, args.out, data=args.data, vocab=args.vocab)
+    build(args.shape, args.out, data=args.data, vocab=args.vocab, max_docs=args.max_docs)
     print(f"{args.shape} -> {args.out}")
     return 0
 
