@@ -44,7 +44,8 @@ def _run(result: dict | None, name: str) -> dict | None:
     keep = ("pairs_per_s", "p50_ms", "p99_ms", "statuses", "gpu_busy_share", "health_p99_ms", "useful_gflops",
             "of_peak", "real_token_share", "pairs_per_batch", "dtype", "cpu_ms_per_pair")
     out = {k: r[k] for k in keep if k in r}
-    info = r.get("info") or {}
+    info = dict(r.get("info") or {})
+    info.update((info.get("models") or [{}])[0])  # the served model's own entry: backend, attention
     for key in ("device", "dtype", "attention", "backend"):
         if key in info:
             out[f"info_{key}"] = info[key]
@@ -77,6 +78,8 @@ def _self_check(work: Path, selfcheck: dict | None) -> dict:
             out["max_abs_drift"] = m.group(1)
         if m := re.search(r"unpadded attention failed its start-up self-check \((.*)\); serving padded", text):
             out["failure"] = m.group(1)
+        if m := re.search(r"unpadded attention \((\S+) kernel\); start-up self-check passed", text):
+            out["passed_with_kernel"] = m.group(1)
     return out
 
 
@@ -177,6 +180,7 @@ def markdown(report: dict) -> str:
     row("Qwen3-0.6B 16×20, no shared prefix", report["qwen3_no_prefix"])
     sc = report["self_check"]
     lines += ["", f"Self-check: {_fmt(sc.get('verdict'))}; max |Δ| vs padded {_fmt(sc.get('max_abs_drift'))}"
+                  + (f"; passed with the {sc['passed_with_kernel']} kernel" if sc.get("passed_with_kernel") else "")
                   + (f"; failure: {sc['failure']}" if sc.get("failure") else "")]
     lines += ["", "| measure | value | target |", "|---|---|---|"]
     for key, value in report["derived"].items():
