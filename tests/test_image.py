@@ -61,8 +61,12 @@ DIALECTS = {
 
 
 def _say(config: pytest.Config, line: str) -> None:
+    """A line on the terminal even while output is captured: the image's size and build time."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None:
+        return
+    with capture.global_and_fixture_disabled():
         reporter.write_line(f"[image] {line}")
 
 
