@@ -80,7 +80,7 @@ def test_docs_pages_use_only_local_assets(client, page):
 
 
 @pytest.mark.skipif(not any(Path(p).exists() for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser")),
-                    reason="Debian's chromium is not installed")
+                    reason="Debian's chromium is not installed (apt-get install chromium; bash .ci/run installs it)")
 def test_docs_render_in_headless_chromium_without_network(server, tmp_path):
     chromium = next(p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists())
     proc = subprocess.run(

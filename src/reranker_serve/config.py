@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
 from .families import FAMILY_NAMES
+from .permissions import unreadable_message
 
 __all__ = ["ConfigError", "ModelEntry", "ModelSpec", "Settings", "load_settings"]
 
@@ -143,6 +144,9 @@ def _is_local(source: str) -> bool:
 
 
 def _check_model_folder(folder: Path) -> None:
+    # Unreadable files first: as root's files in a non-root container they look missing otherwise.
+    if (denied := unreadable_message(folder)) is not None:
+        raise ValueError(denied)
     if not folder.is_dir():
         raise ValueError(f"folder {str(folder)!r} does not exist")
     if not (folder / "config.json").is_file():
