@@ -773,6 +773,7 @@ def main() -> int:
                 result["dtype"] = dtype
                 if name in ("ours", "server"):
                     result.update(batching(url))
+                    result["info"] = info  # device, dtype, attention (the unpadded self-check's verdict)
                 out[name] = result
                 print(f"{name:>9}: {result['pairs_per_s']:.2f} pairs/s, statuses {result['statuses']}", flush=True)
                 if proc is not None:

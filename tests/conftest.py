@@ -20,6 +20,7 @@ import uvicorn
 
 from reranker_serve.app import create_app
 from reranker_serve.config import Settings
+from reranker_serve.protocol import uvicorn_options
 from procs import free_port
 
 CORPUS = [
@@ -130,7 +131,9 @@ class RunningServer:
     def __init__(self, app, *, wait_ready: bool = True) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        # The connection limits of production (protocol.py), from the app's own settings.
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
+                                **uvicorn_options(app.state.settings))
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
@@ -182,6 +185,8 @@ def settings_for(model_dir: Path, **overrides: object) -> Settings:
     # The score cache off unless a test asks for it (test_cache.py): the other tests send the same
     # pairs again and again and check what computing them reports (tokens, queueing, timing).
     values["cache_mb"] = 0
+    # Wrong keys unthrottled unless a test asks (test_security.py): shared servers get many from 127.0.0.1.
+    values["auth_failures_per_minute"] = 0
     values.update(overrides)
     return Settings(_env_file=None, **values)
 

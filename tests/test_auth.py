@@ -1,4 +1,4 @@
-"""RERANKER_API_KEY: every rerank route needs the bearer key; system routes stay open."""
+"""RERANKER_API_KEY: every rerank route needs the bearer key; probes stay open, the other system routes need it too."""
 
 from __future__ import annotations
 
@@ -45,9 +45,18 @@ def test_auth_is_checked_before_the_body(secured):
     assert r.status_code == 401
 
 
-@pytest.mark.parametrize("path", ["/health", "/ready", "/info", "/docs", "/openapi.json"])
-def test_system_routes_stay_open(secured, path):
+@pytest.mark.parametrize("path", ["/health", "/ready"])
+def test_probes_stay_open(secured, path):
     assert secured.client.get(path).status_code == 200
+
+
+# Issue 21: what is served, to whom and how much, is for key holders (test_security.py has more).
+@pytest.mark.parametrize("path", ["/info", "/v1/models", "/docs", "/openapi.json", "/metrics"])
+def test_system_routes_need_the_key(secured, path):
+    r = secured.client.get(path)
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", r.text
+    assert "missing API key" in r.json()["detail"]
+    assert secured.client.get(path, headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
 
 
 def test_open_server_needs_no_key(client):

@@ -151,6 +151,9 @@ def test_the_queue_depth_hpa_reads_a_metric_the_server_exports():
     assert rule["resources"]["overrides"]["pod"] == {"resource": "pod"}
     annotations = by_kind(render("gpu"), "Deployment")["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/path"] == "/metrics"
+    # Scraped on RERANKER_METRICS_PORT: /metrics on the API port needs an admin key (issue 21).
+    settings = by_kind(render("gpu"), "ConfigMap")["data"]
+    assert annotations["prometheus.io/port"] == settings["RERANKER_METRICS_PORT"] != settings["RERANKER_PORT"]
 
 
 def test_the_download_job_fills_the_volume_the_pods_read():

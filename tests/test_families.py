@@ -273,16 +273,21 @@ def test_family_detection(config, family):
 
 def test_detection_refuses_what_it_cannot_score_and_the_override_wins():
     llama = {"architectures": ["LlamaForCausalLM"], "model_type": "llama"}
-    with pytest.raises(ModelLoadError, match="RERANKER_MODEL_TYPE=llm"):
+    # Refused without advice to read it with another family's prompt (silently wrong scores).
+    with pytest.raises(ModelLoadError, match="is not a known reranker") as refused:
         detect_family(llama)
+    assert "RERANKER_MODEL_TYPE=llm" not in str(refused.value)
     assert detect_family(llama, "llm").name == "llm"
     with pytest.raises(ModelLoadError, match=r"architectures=\['BertModel'\], model_type='bert'"):
         detect_family({"architectures": ["BertModel"], "model_type": "bert"})
 
 
 def test_remote_code_needs_consent(models):
-    error = load_error(settings_for(models["layerwise"]))
-    assert "RERANKER_TRUST_REMOTE_CODE=true" in error and "layerwise" in error
+    # Without consent the published architectures run natively (tests/test_layerwise_native.py);
+    # a stand-in with code of its own is not that architecture, and the error says how to run its code.
+    for kind in ("layerwise", "lightweight"):
+        error = load_error(settings_for(models[kind]))
+        assert "RERANKER_TRUST_REMOTE_CODE=true" in error and kind in error
 
 
 def test_model_code_written_for_another_transformers_fails_with_a_clear_message(tmp_path):
@@ -319,8 +324,8 @@ def test_one_family_record_answers_every_question():
     for record in FAMILIES.values():
         module, _, function = record.loader.partition(":")
         assert callable(getattr(importlib.import_module(module), function)), record.name
-    assert [f.name for f in FAMILIES.values() if f.remote_code] == ["layerwise", "lightweight"]
+    assert [f.name for f in FAMILIES.values() if f.remote_code] == []  # layer-wise ones run natively
     assert [f.name for f in FAMILIES.values() if not f.decoder] == ["encoder"]
     assert [f.name for f in FAMILIES.values() if f.openvino] == ["encoder"]
-    assert [f.name for f in FAMILIES.values() if f.unpadded] == ["encoder", "qwen3", "llm"]
-    assert [f.name for f in FAMILIES.values() if f.shares_prefix] == ["qwen3", "llm"]
+    assert [f.name for f in FAMILIES.values() if f.unpadded] == ["encoder", "qwen3", "llm", "mxbai-rerank-v2"]
+    assert [f.name for f in FAMILIES.values() if f.shares_prefix] == ["qwen3", "llm", "mxbai-rerank-v2"]

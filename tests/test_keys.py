@@ -84,7 +84,9 @@ def test_keys_rotate_without_a_restart_and_names_not_keys_are_logged(tmp_path, t
     keys = tmp_path / "keys.json"
     keys.write_text(json.dumps({"team-a": "sk-old-team-a-key"}))
     log = tmp_path / "server.log"
-    env = server_env(tiny_model, free_port(), RERANKER_API_KEYS=str(keys), RERANKER_LOG_FORMAT="json")
+    metrics_port = free_port()  # /metrics needs an admin key on the main port (issue 21): scrape this one
+    env = server_env(tiny_model, free_port(), RERANKER_API_KEYS=str(keys), RERANKER_LOG_FORMAT="json",
+                     RERANKER_METRICS_PORT=str(metrics_port))
     with serving(env, log=log) as base:
         assert httpx.post(f"{base}/rerank", json=BODY, headers=bearer("sk-old-team-a-key")).status_code == 200
         keys.write_text(json.dumps({"team-a": "sk-new-team-a-key"}))
@@ -94,7 +96,7 @@ def test_keys_rotate_without_a_restart_and_names_not_keys_are_logged(tmp_path, t
             assert time.monotonic() < deadline, "the new key was never accepted"
             time.sleep(0.2)
         assert httpx.post(f"{base}/rerank", json=BODY, headers=bearer("sk-old-team-a-key")).status_code == 401
-        metrics = httpx.get(f"{base}/metrics").text
+        metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
     records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     access = [r for r in records if r.get("access") and r["message"].startswith("POST /rerank 200")]
     assert access and all(r["key"] == "team-a" and r["message"].endswith("key=team-a") for r in access)

@@ -56,7 +56,7 @@ def test_auth_failures_are_counted(serve):
     srv = serve(api_key="k1", served_model_name="auth-metrics")
     srv.client.post("/api/v1/rerank", json={"query": QUERY, "documents": DOCS})
     srv.client.post("/api/v1/rerank", json={"query": QUERY, "documents": DOCS}, headers={"Authorization": "Bearer no"})
-    m = samples(srv.client.get("/metrics").text)
+    m = samples(srv.client.get("/metrics", headers={"Authorization": "Bearer k1"}).text)  # the admin's key
     assert m[("reranker_auth_failures_total", (("dialect", "jina"),))] == 2
 
 
@@ -80,7 +80,7 @@ def test_docs_pages_use_only_local_assets(client, page):
 
 
 @pytest.mark.skipif(not any(Path(p).exists() for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser")),
-                    reason="Debian's chromium is not installed")
+                    reason="Debian's chromium is not installed (apt-get install chromium; bash .ci/run installs it)")
 def test_docs_render_in_headless_chromium_without_network(server, tmp_path):
     chromium = next(p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists())
     proc = subprocess.run(

@@ -161,7 +161,8 @@ sys.path.insert(0, {str(Path(__file__).parent)!r})
 from starlette.testclient import TestClient
 from reranker_serve.app import create_app
 from conftest import settings_for
-with TestClient(create_app(settings_for({str(tiny_model)!r}))) as client:
+# localhost: a loopback server serves loopback Host names only (RERANKER_ALLOWED_HOSTS), not "testserver".
+with TestClient(create_app(settings_for({str(tiny_model)!r})), base_url="http://localhost") as client:
     while client.get("/ready").status_code != 200:
         time.sleep(0.05)
     assert client.post("/rerank", json={{"query": "q", "documents": ["d"]}}).status_code == 200

@@ -6,10 +6,12 @@ Exit codes: 0 after a clean shutdown, 1 when the model failed to load, 2 for bad
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import signal
 import sys
+from typing import Iterator
 
 from .config import ENV_PREFIX, SCRIPT_VARIABLES, ConfigError, Settings, apply_offline_environment, load_settings
 
@@ -41,18 +43,25 @@ def _preflight(settings: Settings) -> None:
         raise ConfigError(f"invalid configuration: RERANKER_HOST: cannot resolve {settings.host!r} ({exc.strerror}); "
                           "use an address of this machine, 127.0.0.1 or 0.0.0.0") from None
     family, _, _, _, address = infos[0]
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-        try:
-            probe.bind(address)
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise ConfigError(
-                    f"invalid configuration: RERANKER_PORT: port {settings.port} on {settings.host} is already in use "
-                    "by another process; stop it or choose another RERANKER_PORT"
-                ) from None
-            raise ConfigError(f"invalid configuration: RERANKER_HOST: cannot listen on {settings.host}:{settings.port} "
-                              f"({exc.strerror}); use an address of this machine, 127.0.0.1 or 0.0.0.0") from None
+    if settings.metrics_port is not None and settings.metrics_port == settings.port:
+        raise ConfigError("invalid configuration: RERANKER_METRICS_PORT must differ from RERANKER_PORT "
+                          f"({settings.port}); /metrics is on RERANKER_PORT as well, for admin keys")
+    ports = [("RERANKER_PORT", settings.port)]
+    if settings.metrics_port is not None:
+        ports.append(("RERANKER_METRICS_PORT", settings.metrics_port))
+    for variable, port in ports:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            try:
+                probe.bind((address[0], port, *address[2:]))
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise ConfigError(
+                        f"invalid configuration: {variable}: port {port} on {settings.host} is already in use "
+                        f"by another process; stop it or choose another {variable}"
+                    ) from None
+                raise ConfigError(f"invalid configuration: RERANKER_HOST: cannot listen on {settings.host}:{port} "
+                                  f"({exc.strerror}); use an address of this machine, 127.0.0.1 or 0.0.0.0") from None
     if settings.device in ("cuda", "mps"):
         from .device import resolve_device
 
@@ -110,8 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     # log_config=None: uvicorn's loggers propagate to ours instead of getting their own handlers.
+    from .protocol import uvicorn_options
+
     common = dict(host=settings.host, port=settings.port, log_level=settings.log_level, log_config=None,
-                  timeout_graceful_shutdown=settings.shutdown_timeout)
+                  timeout_graceful_shutdown=settings.shutdown_timeout, **uvicorn_options(settings))
     if settings.workers > 1 or args.reload:
         return _serve_in_workers(settings, overrides, reload=args.reload, **common)
 
@@ -156,17 +167,51 @@ def _serve_in_workers(settings: Settings, overrides: dict[str, object], *, reloa
     # One bucket memory for every worker: a key's rate limits hold for the server, not per process.
     buckets, buckets_fd = RateLimiter.create_file()
     os.environ[BUCKETS_FILE_VARIABLE] = buckets
+    scraped = None
     try:
         with tempfile.NamedTemporaryFile("r", prefix="reranker-serve-", suffix=".failure") as failure, \
-                tempfile.TemporaryDirectory(prefix="reranker-serve-ready-") as ready:
+                tempfile.TemporaryDirectory(prefix="reranker-serve-ready-") as ready, \
+                _metrics_folder() as metrics_dir:
             os.environ[FAILURE_FILE_VARIABLE] = failure.name
             os.environ[READY_DIR_VARIABLE] = ready
+            if settings.metrics_port is not None:
+                from .observability import serve_metrics, summed_registry
+
+                class Summed:  # read afresh at each scrape: workers come and go
+                    def collect(self):  # type: ignore[no-untyped-def]
+                        return summed_registry(metrics_dir).collect()
+
+                scraped = serve_metrics(host=settings.host, port=settings.metrics_port, registry=Summed())
             uvicorn.run("reranker_serve.app:create_worker_app", factory=True, workers=settings.workers, reload=reload,
                         **common)  # type: ignore[arg-type]
             failed = failure.read().strip()
     finally:
         RateLimiter.remove_file(buckets, buckets_fd)
+        if scraped is not None:
+            scraped.shutdown()
+            scraped.server_close()
     return _exit_code(failed=bool(failed))
+
+@contextlib.contextmanager
+def _metrics_folder() -> Iterator[str]:
+    """prometheus_client's multiprocess folder for the workers: PROMETHEUS_MULTIPROC_DIR if the
+    operator set one (emptied first: files of an earlier run would be summed in), else a fresh one."""
+    import tempfile
+
+    from .observability import MULTIPROCESS_VARIABLE
+
+    given = os.environ.get(MULTIPROCESS_VARIABLE)
+    if given:
+        os.makedirs(given, exist_ok=True)
+        for name in os.listdir(given):
+            if name.endswith(".db"):
+                os.unlink(os.path.join(given, name))
+        yield given
+        return
+    with tempfile.TemporaryDirectory(prefix="reranker-serve-metrics-") as folder:
+        os.environ[MULTIPROCESS_VARIABLE] = folder
+        yield folder
+
 
 if __name__ == "__main__":
     sys.exit(main())

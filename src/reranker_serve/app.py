@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, AsyncIterator, Callable, Sequence
 from fastapi import FastAPI, Request, Response, Security
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -28,8 +29,9 @@ from .config import Settings, load_settings
 from .engine import Engine
 from .errors import ErrorKind, RerankError
 from .keys import BUCKETS_FILE_VARIABLE, KeyLimits, KeyRing, RateLimiter
-from .observability import Metrics, RequestContextMiddleware
+from .observability import MULTIPROCESS_VARIABLE, Metrics, RequestContextMiddleware, serve_metrics
 from .registry import ModelRegistry
+from .security import AuthThrottle, HostGuard, SystemRouteGuard, allowed_hosts
 from .service import Reranker
 from .tracing import RequestSpans, Tracing
 
@@ -67,6 +69,18 @@ def _dialect_errors(app: FastAPI, dialects: Sequence[Dialect]) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+def _renderer(dialects: Sequence[Dialect]) -> Callable[[str, RerankError], Response]:
+    """An error for a path, in the shape of the dialect that owns it (else FastAPI's `detail`)."""
+
+    def render(path: str, error: RerankError) -> Response:
+        dialect = next((d for d in dialects if d.owns(path)), None)
+        if dialect is None:
+            return JSONResponse({"detail": error.message}, status_code=error.kind.status, headers=error.headers)
+        return dialect.render(error)
+
+    return render
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -96,6 +110,10 @@ def create_app(
         app.state.limits = KeyLimits(app.state.limiter, shared=shared)
         app.state.reranker = Reranker(registry, tracing=tracing, limits=app.state.limits, shared=shared)
         readiness: WorkerReadiness | None = app.state.readiness
+        # With several workers the parent serves RERANKER_METRICS_PORT (summed over them all).
+        scraped = None
+        if settings.metrics_port and metrics.multiprocess_dir is None:
+            scraped = serve_metrics(host=settings.host, port=settings.metrics_port, registry=metrics.registry)
 
         async def load() -> None:
             await registry.load(on_failure=on_load_failure)
@@ -121,10 +139,13 @@ def create_app(
             app.state.limiter.close()
             if shared is not None:
                 await shared.close()
+            if scraped is not None:
+                scraped.shutdown()
+                scraped.server_close()
             if tracing is not None:
                 tracing.shutdown()
 
-    metrics = Metrics()
+    metrics = Metrics(multiprocess_dir=os.environ.get(MULTIPROCESS_VARIABLE))
     # FastAPIOffline: Swagger UI and ReDoc from assets bundled in the package, not a CDN, so
     # /docs renders on an air-gapped machine.
     app = FastAPIOffline(
@@ -138,6 +159,7 @@ def create_app(
     app.state.metrics = metrics
     app.state.readiness = None  # several worker processes: create_worker_app sets it
     app.state.keys = KeyRing(settings.api_keys, single_key=settings.api_key)
+    app.state.auth_throttle = AuthThrottle(settings.auth_failures_per_minute)
     if settings.cors_origins:  # off unless configured: a browser page should not call us by default
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
@@ -146,6 +168,9 @@ def create_app(
     # Ahead of Cohere's: the first dialect that owns a path answers its 404s and 405s, and Cohere
     # owns every other path under /v1/.
     dialects = [native.dialect, nim.dialect, mixedbread.dialect, infinity.dialect, cohere.dialect, jina.dialect]
+    # Inside the request context (refusals are logged with their id), outside everything else.
+    app.add_middleware(SystemRouteGuard, keys=app.state.keys, throttle=app.state.auth_throttle)
+    app.add_middleware(HostGuard, hosts=allowed_hosts(settings), render=_renderer(dialects))
     if tracing is not None:  # inside RequestContextMiddleware: its request id is on the spans
         app.add_middleware(RequestSpans, tracing=tracing, paths=[p for d in dialects for p in d.paths])
     app.add_middleware(RequestContextMiddleware, metrics=metrics)

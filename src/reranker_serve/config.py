@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
 from .families import FAMILY_NAMES
+from .permissions import unreadable_message
 
 __all__ = ["ConfigError", "ModelEntry", "ModelSpec", "Settings", "load_settings"]
 
@@ -34,6 +35,9 @@ Backend = Literal["auto", "torch", "openvino"]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 # How a batch is laid out for attention; "auto": unpadded on CUDA if it passes its start-up self-check.
 Attention = Literal["auto", "padded", "unpadded"]
+# Which transformers attention implementation a model is built with; "auto": SDPA where its
+# architecture has it, else eager (DeBERTa-v2/v3 has no SDPA).
+AttnImplementation = Literal["auto", "sdpa", "eager"]
 _DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
 
 
@@ -53,6 +57,7 @@ class ConfigError(ValueError):
 _PER_MODEL = (
     "model_type", "backend", "trust_remote_code", "max_length", "dtype", "batch_size", "max_batch_tokens", "max_queue",
     "instruction", "cutoff_layer", "compress_ratio", "compress_layers", "attention", "share_prefix",
+    "attn_implementation",
 )
 
 
@@ -78,8 +83,10 @@ class ModelEntry(BaseModel):
     compress_layers: list[int] | None = None
     attention: Attention | None = None
     share_prefix: bool | None = None
+    attn_implementation: AttnImplementation | None = None
 
-    _normalise_choice = field_validator("model_type", "backend", "dtype", "attention", mode="before")(_choice)
+    _normalise_choice = field_validator("model_type", "backend", "dtype", "attention", "attn_implementation",
+                                        mode="before")(_choice)
 
     @field_validator("name")
     @classmethod
@@ -120,6 +127,7 @@ class ModelSpec:
     compress_layers: tuple[int, ...]
     attention: str = "auto"
     share_prefix: bool = True
+    attn_implementation: str = "auto"
 
     @property
     def name(self) -> str:
@@ -136,6 +144,9 @@ def _is_local(source: str) -> bool:
 
 
 def _check_model_folder(folder: Path) -> None:
+    # Unreadable files first: as root's files in a non-root container they look missing otherwise.
+    if (denied := unreadable_message(folder)) is not None:
+        raise ValueError(denied)
     if not folder.is_dir():
         raise ValueError(f"folder {str(folder)!r} does not exist")
     if not (folder / "config.json").is_file():
@@ -223,7 +234,7 @@ class Settings(BaseSettings):
         "auto", description="Forward pass: torch, or openvino (cross-encoders on the CPU); auto: openvino where it applies."
     )
     trust_remote_code: bool = Field(
-        False, description="Run Python code shipped with the model (layer-wise/lightweight rerankers need it)."
+        False, description="Run Python code shipped with the model instead of the server's own implementation."
     )
     instruction: str | None = Field(
         None, description="Default instruction (Qwen3-Reranker) or prompt (LLM rerankers); unset: the model card's."
@@ -289,6 +300,30 @@ class Settings(BaseSettings):
         default_factory=list, description="Origins allowed by CORS (comma-separated or JSON list); empty: CORS off."
     )
 
+    # --- HTTP hygiene and access (protocol.py, security.py) ----------------------------------
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Host header values served (comma-separated; `*`: any); empty: localhost "
+        "names only when HOST is a loopback address (DNS rebinding), any otherwise.",
+    )
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="A second listener, on HOST, serving only /metrics without a key (for "
+        "scrapers); unset: none (/metrics on PORT needs an admin key when keys are set).",
+    )
+    max_header_bytes: int = Field(
+        32 * 1024, ge=1024, description="Largest request line plus headers; larger: 431 and the connection closed.",
+    )
+    max_headers: int = Field(100, ge=8, description="Most header fields in one request; more: 431.")
+    header_timeout: float = Field(
+        10.0, gt=0, description="Seconds a connection gets to send a complete request line and headers; then 408.",
+    )
+    body_timeout: float = Field(60.0, gt=0, description="Seconds a request gets to send its whole body; then 408.")
+    max_connections: int = Field(
+        1024, ge=1, description="Most open connections per server process; more are refused (503) and logged.",
+    )
+    auth_failures_per_minute: int = Field(
+        10, ge=0, description="Wrong API keys one client address may send per minute before 429 (0: no limit).",
+    )
+
     # --- Ray Serve (`python -m reranker_serve.ray`; HOST/PORT are where Serve's proxy listens) --
     ray_address: str | None = Field(
         None, description="Ray cluster to join (e.g. auto, ray://head:10001); unset: start a local one."
@@ -314,6 +349,10 @@ class Settings(BaseSettings):
     )
     share_prefix: bool = Field(
         True, description="LLM rerankers: compute a request's prompt prefix (instruction, query) once for all documents."
+    )
+    attn_implementation: AttnImplementation = Field(
+        "auto", description="transformers attention implementation: sdpa, eager; auto: sdpa where the architecture "
+        "has it, else eager (logged).",
     )
 
     # --- score cache and tracing (cache.py, tracing.py) -------------------------------------
@@ -364,7 +403,7 @@ class Settings(BaseSettings):
         return value.lower() if isinstance(value, str) else value
 
     _normalise_choice = field_validator("dtype", "device", "model_type", "backend", "unknown_model", "attention",
-                                        mode="before")(_choice)
+                                        "attn_implementation", mode="before")(_choice)
 
     @field_validator("compress_layers", mode="before")
     @classmethod
@@ -391,6 +430,23 @@ class Settings(BaseSettings):
             return [o.strip() for o in text.split(",") if o.strip()]
         return value
 
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [h.strip().lower() for h in value.split(",") if h.strip()]
+        return value
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _blank_key(cls, value: object) -> object:
+        # Whitespace is never a key: it would match `Authorization: Bearer ` (a .env line that
+        # meant to set one). An empty value stays "no key" (the .env.example line) but see
+        # _empty_key_on_open_host.
+        if isinstance(value, str) and value and not value.strip():
+            raise ValueError("is whitespace only: set a real key, or remove the variable to run without one")
+        return value or None
+
     @field_validator("otlp_endpoint", mode="before")
     @classmethod
     def _otlp_endpoint(cls, value: object) -> object:
@@ -409,11 +465,23 @@ class Settings(BaseSettings):
 
         return check_protocol(value, endpoint=info.data.get("otlp_endpoint"))
 
-    @field_validator("api_key", "api_keys", "instance_id", "served_model_name", "model_path", "instruction", "cutoff_layer", mode="before")
+    @field_validator("api_keys", "metrics_port", "instance_id", "served_model_name", "model_path", "instruction", "cutoff_layer", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # `RERANKER_API_KEY=` in a .env means "no key", not "the empty key".
         return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _empty_key_on_open_host(self) -> Settings:
+        # RERANKER_API_KEY= (set, but empty) on an address other machines reach is a key that
+        # went missing (an empty secret, an unset shell variable), not a wish to run open.
+        if "api_key" in self.model_fields_set and self.api_key is None and self.api_keys is None \
+                and not is_loopback(self.host):
+            raise ValueError(
+                f"RERANKER_API_KEY is set but empty while RERANKER_HOST={self.host} is reachable from other machines: "
+                "set a key, or remove the variable to run without one"
+            )
+        return self
 
     @model_validator(mode="after")
     def _keys_parse(self) -> Settings:
@@ -499,6 +567,18 @@ class Settings(BaseSettings):
     def model_specs(self) -> list[ModelSpec]:
         """Every served model, the default first."""
         return list(self._specs)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the server on this machine (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def describe_validation_error(error: ValidationError) -> str:

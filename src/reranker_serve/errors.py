@@ -14,6 +14,10 @@
       kind=INTERNAL                a bug of ours (logged with its traceback)          500
       kind=ROUTE_NOT_FOUND         no route at that path                              404
       kind=METHOD_NOT_ALLOWED      the path exists, for another method (POST)         405
+      kind=FORBIDDEN               a key that may not read this system route          403
+      kind=UNSUPPORTED_ENCODING    a Content-Encoding the server does not decode      415
+      kind=MISDIRECTED             a Host that RERANKER_ALLOWED_HOSTS does not list   421
+      kind=REQUEST_TIMEOUT         the body did not arrive within RERANKER_BODY_TIMEOUT 408
 
 Each dialect renders a RerankError in its own body shape (api/dialect.py); only the Cohere
 dialect changes a status (Cohere answers a bad request with 400, not 422). Errors that never reach a
@@ -42,6 +46,10 @@ class ErrorKind(str, enum.Enum):
     INTERNAL = "internal"
     ROUTE_NOT_FOUND = "route_not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
+    FORBIDDEN = "forbidden"
+    UNSUPPORTED_ENCODING = "unsupported_encoding"
+    REQUEST_TIMEOUT = "request_timeout"
+    MISDIRECTED = "misdirected"
 
     @property
     def status(self) -> int:
@@ -61,6 +69,10 @@ _STATUS: dict[ErrorKind, int] = {
     ErrorKind.INTERNAL: HTTPStatus.INTERNAL_SERVER_ERROR,
     ErrorKind.ROUTE_NOT_FOUND: HTTPStatus.NOT_FOUND,
     ErrorKind.METHOD_NOT_ALLOWED: HTTPStatus.METHOD_NOT_ALLOWED,
+    ErrorKind.FORBIDDEN: HTTPStatus.FORBIDDEN,
+    ErrorKind.UNSUPPORTED_ENCODING: HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+    ErrorKind.REQUEST_TIMEOUT: HTTPStatus.REQUEST_TIMEOUT,
+    ErrorKind.MISDIRECTED: HTTPStatus.MISDIRECTED_REQUEST,
 }
 
 

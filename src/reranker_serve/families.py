@@ -6,8 +6,9 @@
     qwen3-seq-cls  Qwen3-Reranker converted to a classifier     *ForSequenceClassification, model_type qwen3
     qwen3          Qwen3-Reranker 0.6B/4B/8B (causal LM)        *ForCausalLM, model_type qwen3
     llm            bge-reranker-v2-gemma (FlagLLMReranker)      *ForCausalLM, model_type gemma
-    layerwise      bge-reranker-v2-minicpm-layerwise            LayerWiseMiniCPMForCausalLM (remote code)
-    lightweight    bge-reranker-v2.5-gemma2-lightweight         CostWiseGemmaForCausalLM (remote code)
+    mxbai-rerank-v2  mixedbread's mxbai-rerank-base/large-v2    Qwen2ForCausalLM named mxbai-rerank*
+    layerwise      bge-reranker-v2-minicpm-layerwise            LayerWiseMiniCPMForCausalLM (native, or its own code)
+    lightweight    bge-reranker-v2.5-gemma2-lightweight         CostWiseGemmaForCausalLM (native, or its own code)
 
 The loader (device placement, precision, detection, settings, /info) asks the record; a new
 family is one entry here and the module its ``loader`` names. This module imports nothing
@@ -38,8 +39,17 @@ class Family:
     unpadded: bool = False  # packed tokens with per-pair variable-length attention (RERANKER_ATTENTION)
     shares_prefix: bool = False  # a request's prompt prefix computed once, its keys/values reused
     compresses: bool = False  # token compression of the passage (needs right padding)
+    # Whether this package implements the architecture itself (else transformers must know its
+    # model_type, or the model's own code must run).
+    native: bool = False
     # Whether it is this family, from config.json's architectures and model_type.
     detect: Callable[[list[str], str], bool]
+    # Where the architecture is a general one (a Qwen2 chat model is no reranker), what the model's
+    # hub id or folder name must hold for auto-detection (lower case); RERANKER_MODEL_TYPE names it
+    # otherwise.
+    named: tuple[str, ...] = ()
+    # What to tell the owner of an unknown model of the same architecture (see ``detect``).
+    declared_by: str = ""
 
     def load(self, *args: Any, **kwargs: Any) -> Any:
         module, _, function = self.loader.partition(":")
@@ -59,10 +69,10 @@ _MODELS = "reranker_serve.models"
 # In detection order: the first that matches wins (the remote-code architectures end in
 # ForCausalLM too, so they come first).
 FAMILIES: dict[str, Family] = {f.name: f for f in (
-    Family(name="layerwise", description="bge-reranker-v2-minicpm-layerwise", decoder=True, remote_code=True,
+    Family(name="layerwise", description="bge-reranker-v2-minicpm-layerwise", decoder=True, native=True,
            loader=f"{_MODELS}.layerwise:load_layerwise",
            detect=lambda archs, mt: "LayerWiseMiniCPMForCausalLM" in archs),
-    Family(name="lightweight", description="bge-reranker-v2.5-gemma2-lightweight", decoder=True, remote_code=True,
+    Family(name="lightweight", description="bge-reranker-v2.5-gemma2-lightweight", decoder=True, native=True,
            compresses=True, loader=f"{_MODELS}.layerwise:load_layerwise",
            detect=lambda archs, mt: "CostWiseGemmaForCausalLM" in archs or mt == "cost_wise_gemma"),
     Family(name="qwen3-seq-cls", description="Qwen3-Reranker converted to a sequence classifier", decoder=True,
@@ -77,6 +87,10 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family(name="llm", description="bge-reranker-v2-gemma (causal LM, FlagEmbedding's 'Yes' prompt)", decoder=True,
            shares_prefix=True, unpadded=True, loader=f"{_MODELS}.causal:load_causal_lm",
            detect=lambda archs, mt: _causal(archs) and mt == "gemma"),
+    Family(name="mxbai-rerank-v2", description="mxbai-rerank-base/large-v2 (causal LM, mixedbread's 0/1 prompt)",
+           decoder=True, shares_prefix=True, unpadded=True, loader=f"{_MODELS}.causal:load_causal_lm",
+           detect=lambda archs, mt: "Qwen2ForCausalLM" in archs, named=("mxbai-rerank",),
+           declared_by="mixedbread's mxbai-rerank-base-v2 / -large-v2 (RERANKER_MODEL_TYPE=mxbai-rerank-v2)"),
 )}
 FAMILY_NAMES: tuple[str, ...] = tuple(FAMILIES)
 
@@ -89,24 +103,33 @@ def family(name: str) -> Family:
     return FAMILIES[name]
 
 
-def detect(config: dict[str, Any], requested: str = "auto") -> Family:
-    """The family of a model from its config.json (``requested`` wins unless it is "auto")."""
+def detect(config: dict[str, Any], requested: str = "auto", *, source: str = "") -> Family:
+    """The family of a model from its config.json (``requested`` wins unless it is "auto").
+
+    ``source`` (hub id or folder) tells apart the families whose architecture is a general one.
+    """
     if requested != "auto":
         return FAMILIES[requested]
     architectures = list(config.get("architectures") or [])
     model_type = str(config.get("model_type") or "")
+    unnamed = []
     for candidate in FAMILIES.values():
         if candidate.detect(architectures, model_type):
-            return candidate
+            if not candidate.named or any(n in source.lower() for n in candidate.named):
+                return candidate
+            unnamed.append(candidate)
     if _causal(architectures):
-        # A causal LM is a reranker only if it was trained as one: say how to declare it.
+        # A causal LM scores right only with the prompt and score formula it was trained with:
+        # another family's would give wrong scores without any error, so none is suggested, only
+        # the rerankers published on this very architecture.
+        known = "; ".join(f"if it is {c.declared_by}, say so" for c in unnamed)
         raise UnknownModel(
             f"a causal language model (architectures={architectures}, model_type={model_type!r}) is not a known "
-            "reranker; if it was trained as one, set RERANKER_MODEL_TYPE=llm (FlagEmbedding's 'Yes' prompt) or "
-            "qwen3 (Qwen3-Reranker's yes/no prompt)"
+            "reranker: a language model ranks only with the prompt and score it was trained with, so it is not "
+            "served as another model's reranker" + (f"; {known}" if known else "")
         )
     raise UnknownModel(
         f"not a supported reranker: architectures={architectures or 'none'}, model_type={model_type!r}; "
         "supported: *ForSequenceClassification cross-encoders, Qwen3-Reranker, bge-reranker-v2-gemma, "
-        "bge-reranker-v2-minicpm-layerwise, bge-reranker-v2.5-gemma2-lightweight"
+        "mxbai-rerank-v2, bge-reranker-v2-minicpm-layerwise, bge-reranker-v2.5-gemma2-lightweight"
     )

@@ -78,6 +78,7 @@ class _KeyEntry(BaseModel):
     tokens_burst: int | None = Field(None, ge=1)
     max_priority: Priority | None = None
     cache_group: str | None = Field(None, min_length=1)
+    admin: bool = False  # may read /metrics and /info's paths (security.py)
 
     @model_validator(mode="after")
     def _one_key(self) -> _KeyEntry:
@@ -85,6 +86,11 @@ class _KeyEntry(BaseModel):
             raise ValueError("give exactly one of key and key_sha256")
         if self.max_priority is not None and _RANK[self.max_priority] < _RANK[self.priority]:
             raise ValueError(f"max_priority {self.max_priority!r} is below priority {self.priority!r}")
+        # The digest of "" (or of blanks) would let `Authorization: Bearer ` in.
+        if self.key is not None and not self.key.strip():
+            raise ValueError("key: must not be blank")
+        if self.key_sha256 is not None and self.key_sha256.lower() in _BLANK_DIGESTS:
+            raise ValueError("key_sha256: is the SHA-256 of an empty key; hash the real key")
         return self
 
 
@@ -99,6 +105,7 @@ class ApiKey:
     requests_burst: int = 1
     pairs_per_minute: float | None = None
     pairs_burst: int = 1
+    admin: bool = False
     tokens_per_minute: float | None = None
     tokens_burst: int = 1
     max_priority: Priority = "interactive"  # the highest X-Priority may ask for
@@ -118,6 +125,10 @@ def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
+# What `Authorization: Bearer ` (and `Bearer  `) hash to once the token is stripped: never a key.
+_BLANK_DIGESTS = frozenset({hashlib.sha256(b"").hexdigest()})
+
+
 def parse_keys(text: str, *, single_key: str | None = None) -> list[ApiKey]:
     """Keys from the JSON of RERANKER_API_KEYS (plus the unnamed RERANKER_API_KEY); ValueError
     with a message naming the entry when something is wrong."""
@@ -127,7 +138,8 @@ def parse_keys(text: str, *, single_key: str | None = None) -> list[ApiKey]:
         raise ValueError(f"not valid JSON ({exc})") from None
     if not isinstance(raw, dict):
         raise ValueError("must be a JSON object of name: key or name: {key, limits, priority}")
-    keys = [ApiKey("default", _digest(single_key))] if single_key else []
+    # The one unnamed key is the operator's: it may read everything the admin keys may.
+    keys = [ApiKey("default", _digest(single_key), admin=True)] if single_key else []
     for name, value in raw.items():
         try:
             entry = _KeyEntry(key=value) if isinstance(value, str) else _KeyEntry.model_validate(value)
@@ -148,6 +160,7 @@ def parse_keys(text: str, *, single_key: str | None = None) -> list[ApiKey]:
             tokens_burst=entry.tokens_burst or max(1, math.ceil(tpm or 1)),
             max_priority=entry.max_priority or entry.priority,
             cache_group=entry.cache_group,
+            admin=entry.admin,
         ))
     digests = [k.digest for k in keys]
     if len(set(digests)) != len(digests):
@@ -213,6 +226,8 @@ class KeyRing:
         """The key a bearer token is, or None. Every key is compared, in constant time, so the
         time taken says nothing about which key (or how much of one) matched."""
         self._maybe_reload()
+        if not token.strip():
+            return None
         presented = _digest(token)
         found = None
         for key in self._keys:

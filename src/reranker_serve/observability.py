@@ -9,7 +9,10 @@ into the same loguru sink, so there is one format and one place to look.
 from __future__ import annotations
 
 import json
+import errno
 import logging
+import os
+import re
 import sys
 import time
 import traceback
@@ -17,7 +20,7 @@ import uuid
 from typing import Any
 
 from loguru import logger
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["Metrics", "RequestContextMiddleware", "configure_logging"]
@@ -25,10 +28,19 @@ __all__ = ["Metrics", "RequestContextMiddleware", "configure_logging"]
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
-class Metrics:
-    """The service's Prometheus metrics, in a registry of its own (one per app)."""
+# Set by __main__ for worker processes (RERANKER_WORKERS > 1): prometheus_client's multiprocess
+# mode, read by prometheus_client itself when it is imported. Each worker writes its values to
+# files there, and a scrape of any worker (or of RERANKER_METRICS_PORT, served by the parent)
+# sums every worker's.
+MULTIPROCESS_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
-    def __init__(self) -> None:
+
+class Metrics:
+    """The service's Prometheus metrics, in a registry of its own (one per app); with
+    ``multiprocess_dir``, exposed summed over every worker process."""
+
+    def __init__(self, *, multiprocess_dir: str | None = None) -> None:
+        self.multiprocess_dir = multiprocess_dir
         self.registry = r = CollectorRegistry()
         self.requests = Counter(
             "reranker_requests", "HTTP requests by dialect, route, status and API key name", ["dialect", "route", "status", "key"],
@@ -58,9 +70,10 @@ class Metrics:
             "reranker_batch_tokens", "Tokens per forward pass (padded: pairs x longest pair; unpadded: real tokens)",
             ["model"], buckets=(64, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536), registry=r,
         )
-        self.queue_depth = Gauge("reranker_queue_depth", "Pairs waiting for the model", ["model"], registry=r)
+        self.queue_depth = Gauge("reranker_queue_depth", "Pairs waiting for the model", ["model"], registry=r,
+                                 multiprocess_mode="livesum")
         self.model_load = Gauge("reranker_model_load_seconds", "Time taken to load and warm up the model", ["model"],
-                                registry=r)
+                                registry=r, multiprocess_mode="max")  # the slowest worker's
         self.auth_failures = Counter("reranker_auth_failures", "Requests refused for a missing or wrong API key",
                                      ["dialect"], registry=r)
         # The score cache (cache.py): hits and misses per model, in documents; size of the whole cache.
@@ -70,12 +83,20 @@ class Metrics:
                                     ["model"], registry=r)
         self.cache_evictions = Counter("reranker_cache_evictions", "Scores dropped from the full cache (LRU)",
                                        registry=r)
-        self.cache_bytes = Gauge("reranker_cache_bytes", "Memory held by the score cache", registry=r)
-        self.cache_entries = Gauge("reranker_cache_entries", "Scores held by the score cache", registry=r)
+        self.cache_bytes = Gauge("reranker_cache_bytes", "Memory held by the score cache", registry=r,
+                                 multiprocess_mode="livesum")
+        self.cache_entries = Gauge("reranker_cache_entries", "Scores held by the score cache", registry=r,
+                                   multiprocess_mode="livesum")
         # RERANKER_REDIS_URL (shared.py): operations that used local state because Redis could not be reached.
         self.redis_fallbacks = Counter("reranker_redis_fallbacks", "Limit checks (limits) and cache lookups (cache) "
                                        "that fell back to this server's own state: Redis unreachable", ["operation"],
                                        registry=r)
+
+    def exposition(self) -> bytes:
+        """The Prometheus text of this process, or with several workers, of all of them."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        return generate_latest(summed_registry(self.multiprocess_dir))
 
     def observe_batch(self, model: str, pairs: int, padded_tokens: int) -> None:
         self.batch_pairs.labels(model).observe(pairs)
@@ -89,9 +110,47 @@ class Metrics:
         self.inference.labels(model).observe(inference_time)
 
 
+def summed_registry(folder: str) -> CollectorRegistry:
+    """A registry reading every worker's files in ``folder``. The live gauges of workers that
+    died (and were replaced) are dropped first: their queue would be counted for ever."""
+    from prometheus_client import multiprocess
+
+    for name in os.listdir(folder):
+        if name.startswith("gauge_live") and name.endswith(".db"):
+            pid = name.rsplit("_", 1)[-1].removesuffix(".db")
+            if pid.isdigit() and not _alive(int(pid)):
+                multiprocess.mark_process_dead(int(pid), folder)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=folder)
+    return registry
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def serve_metrics(*, host: str, port: int, registry: Any) -> Any:
+    """RERANKER_METRICS_PORT: /metrics alone, without a key, on a listener of its own (for
+    scrapers that hold no key; bind it where only they reach). Returns the server (``shutdown()``)."""
+    from prometheus_client import start_http_server
+
+    server, _ = start_http_server(port, addr=host, registry=registry)
+    logger.info("metrics on http://{}:{}/metrics (RERANKER_METRICS_PORT)", host, port)
+    return server
+
+
 # -- request context ----------------------------------------------------------------------------
 _PROBES = frozenset({"/health", "/ready", "/metrics"})
 _DIALECTS = {"/rerank": "native", "/v1/rerank": "cohere-v1", "/v2/rerank": "cohere-v2", "/api/v1/rerank": "jina"}
+
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@~-]{1,128}")
 
 
 class RequestContextMiddleware:
@@ -110,7 +169,9 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         incoming = dict(scope.get("headers") or ()).get(b"x-request-id", b"").decode("latin-1").strip()
-        request_id = incoming[:128] if incoming else uuid.uuid4().hex
+        # A caller's id is kept only when it is a plain token: one with spaces, '|' or control
+        # characters would forge the id column of text logs (and the header we echo).
+        request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         status = 500
@@ -184,16 +245,86 @@ def _json_sink(message: Any) -> None:
         "logger": record["extra"].get("logger_name", record["name"]),
         "pid": record["process"].id,  # several workers write one log
     }
-    line.update((k, v) for k, v in record["extra"].items() if k != "logger_name")
+    line.update((k, v) for k, v in record["extra"].items() if k != "logger_name" and not k.startswith("_"))
     if record["exception"] is not None:
         line["exception"] = "".join(traceback.format_exception(*record["exception"])).rstrip()
-    sys.stderr.write(json.dumps(line, default=str) + "\n")
+    _STDERR.write(json.dumps(line, default=str) + "\n")  # json.dumps escapes every control character
 
 
-_TEXT_FORMAT = (
-    "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> | <level>{level: <8}</level> | "
-    "{extra[request_id]} | <level>{message}</level>"
-)
+# Control characters a caller can put in a text log line (a path's %0A, an ESC sequence that
+# clears the terminal of whoever reads `daemon.sh logs`): written as escapes, so one record is
+# one line and what is shown is what was sent. C0 but tab, DEL, C1, and Unicode's line breaks.
+_CONTROLS = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r"}
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with its control characters written as ``\\n``, ``\\r``, ``\\x1b``, ``\\u2028``..."""
+    if text.isprintable():
+        return text
+    return _CONTROLS.sub(lambda m: _NAMED.get(m[0]) or (f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100
+                                                        else f"\\u{ord(m[0]):04x}"), text)
+
+
+def _text_format(record: Any) -> str:
+    extra = record["extra"]
+    extra["_message"] = escape_controls(record["message"])
+    extra["_request_id"] = escape_controls(str(extra.get("request_id", "-")))
+    return ("<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> | <level>{level: <8}</level> | "
+            "{extra[_request_id]} | <level>{extra[_message]}</level>\n{exception}")
+
+
+class WholeLines:
+    """The log sink's writer: each record in one ``os.write`` of fd 2, so lines are never
+    interleaved or cut by a buffer flushing half of one. When the disk is full (ENOSPC, EIO
+    from a log file on it) records are dropped rather than stalling the server, counted, said
+    once on the way down, and said again with the count when writing works again; a line cut
+    short by a partial write is ended before the next, so two records never fuse into one."""
+
+    def __init__(self, fd: int = 2, *, write: Any = os.write) -> None:
+        self.fd, self._write = fd, write
+        self.dropped = 0
+        self._cut = False  # the last write stopped mid-line
+
+    def write(self, text: str) -> None:
+        data = text.encode("utf-8", "backslashreplace")
+        if self.dropped:
+            data = self._note(f"{self.dropped} log lines were lost while the log could not be written") + data
+        try:
+            self._all(data)
+        except OSError as exc:
+            if not self.dropped:  # once per outage (most likely lost as well, but try)
+                try:
+                    self._all(self._note(f"log lines are being dropped: {os.strerror(exc.errno or errno.EIO)}"))
+                except OSError:
+                    pass
+            self.dropped += 1
+            return
+        self.dropped = 0
+
+    def _all(self, data: bytes) -> None:
+        if self._cut:  # end the line a failed write left half-written
+            data = b"\n" + data
+        while data:
+            written = self._write(self.fd, data)
+            if not written:
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+            else:
+                self._cut = data[written - 1:written] != b"\n"
+            data = data[written:]
+
+    @staticmethod
+    def _note(message: str) -> bytes:
+        import datetime
+
+        stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+        return f"{stamp} | WARNING  | - | {message}\n".encode()
+
+    def flush(self) -> None:
+        pass
+
+
+_STDERR = WholeLines()
 
 
 def configure_logging(*, level: str = "info", fmt: str = "text") -> None:
@@ -203,7 +334,9 @@ def configure_logging(*, level: str = "info", fmt: str = "text") -> None:
     if fmt == "json":
         logger.add(_json_sink, level=level.upper(), backtrace=False, diagnose=False)
     else:
-        logger.add(sys.stderr, level=level.upper(), format=_TEXT_FORMAT, backtrace=False, diagnose=False)
+        # colorize as loguru would for sys.stderr itself: colours on a terminal, none in a file.
+        logger.add(_STDERR, level=level.upper(), format=_text_format, backtrace=False, diagnose=False,
+                   colorize=sys.stderr.isatty())
     logging.basicConfig(handlers=[_InterceptHandler()], level=0, force=True)
     logging.captureWarnings(True)  # library warnings are log lines too, not stray stderr text
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "fastapi"):

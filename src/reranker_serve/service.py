@@ -101,6 +101,20 @@ class RerankResult:
         return self.usage.total_tokens
 
 
+def non_finite_message(dtype_name: str, backend: str) -> str:
+    """What to say when a model scored NaN or inf: a remedy the configuration does not already follow."""
+    message = f"the model produced non-finite scores ({backend}, {dtype_name})"
+    remedies = []
+    if dtype_name != "float32":
+        remedies.append("set RERANKER_DTYPE=float32")  # fp16/bf16 overflow is the usual cause
+    if backend != "torch":
+        remedies.append("set RERANKER_BACKEND=torch")
+    if remedies:
+        return f"{message}; if this repeats, {' or '.join(remedies)}"
+    # float32 on torch: not a precision problem the settings can fix.
+    return f"{message}, in float32 on torch: the model's weights or its inputs are broken; please report it"
+
+
 def _invalid(message: str) -> RerankError:
     return RerankError(ErrorKind.VALIDATION, message)
 
@@ -170,8 +184,7 @@ class Reranker:
         if any(not math.isfinite(x) for x in raw):
             raise RerankError(
                 ErrorKind.BACKEND,
-                f"the model produced non-finite scores in {model.dtype_name}; "
-                "set RERANKER_DTYPE=float32 if this repeats",
+                non_finite_message(model.dtype_name, model.backend),
             )
         scores = raw if q.raw_scores else [model.activate(x) for x in raw]
         # sorted() is stable: equal scores keep the order the client sent.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 import re
 from typing import Annotated, Any, Awaitable, Callable, Sequence
@@ -25,6 +26,7 @@ from fastapi.security import HTTPBearer
 from ..config import MAX_CHUNKS_PER_DOC
 from ..errors import ErrorKind, RerankError
 from ..keys import ApiKey
+from ..security import authenticate
 from ..service import RerankResult
 
 __all__ = [
@@ -86,13 +88,8 @@ def _check_api_key(request: Request) -> ApiKey | None:
     keys = request.app.state.keys
     if not keys.enabled:
         return None
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if not header:
-        raise RerankError(ErrorKind.UNAUTHORIZED, "missing API key: send the header 'Authorization: Bearer <key>'")
-    key = keys.identify(token.strip()) if scheme.lower() == "bearer" else None
-    if key is None:
-        raise RerankError(ErrorKind.UNAUTHORIZED, "invalid API key")
+    key = authenticate(keys, request.app.state.auth_throttle, authorization=request.headers.get("authorization", ""),
+                       address=request.client.host if request.client else "")
     request.state.api_key = key
     request.state.key_name = key.name  # read by the access log and the metrics (the name, never the key)
     return key
@@ -109,8 +106,27 @@ def _check_content_type(request: Request) -> None:
         )
 
 
-async def _read_body(request: Request, limit: int) -> None:
-    """Read the body, refusing it (413) as soon as it is known to exceed ``limit`` bytes."""
+# Content-Encoding values a body may come in: zlib decodes both (wbits 47: gzip or zlib header).
+_DECODED_ENCODINGS = frozenset({"gzip", "x-gzip", "deflate"})
+
+
+def _decoder(request: Request) -> Any:
+    """A zlib decompressor for a gzip/deflate body, None for a plain one; 415 for the rest."""
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding in ("", "identity"):
+        return None
+    if encoding not in _DECODED_ENCODINGS:
+        raise RerankError(ErrorKind.UNSUPPORTED_ENCODING, f"Content-Encoding {encoding!r} is not supported: send the "
+                          "body uncompressed, or compressed with gzip or deflate")
+    import zlib
+
+    return zlib.decompressobj(wbits=47)
+
+
+async def _read_body(request: Request, limit: int, *, timeout: float) -> None:
+    """Read the body, refusing it (413) as soon as it is known to exceed ``limit`` bytes, once
+    decompressed when it comes gzipped; 408 when it takes longer than ``timeout`` seconds (a
+    client dripping its body would hold a connection and its buffer for ever)."""
     declared = request.headers.get("content-length", "")
     too_large = RerankError(
         ErrorKind.PAYLOAD_TOO_LARGE,
@@ -118,14 +134,57 @@ async def _read_body(request: Request, limit: int) -> None:
     )
     if declared.isdigit() and int(declared) > limit:
         raise too_large  # before reading a byte of it
+    decoder = _decoder(request)
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                if decoder is not None:
+                    chunk = _inflate(decoder, chunk, room=limit - size)
+                size += len(chunk)
+                if size > limit:
+                    raise too_large
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RerankError(ErrorKind.REQUEST_TIMEOUT, f"the request body did not arrive within {timeout:g} s "
+                          "(RERANKER_BODY_TIMEOUT); send the whole body at once") from None
+    if decoder is not None and not decoder.eof:
+        raise RerankError(ErrorKind.VALIDATION, "the gzip-encoded body is cut short: send the whole compressed body")
     # Starlette's documented place for a body read ahead of the handler; FastAPI reuses it.
     request._body = b"".join(chunks)
+
+
+def _inflate(decoder: Any, chunk: bytes, *, room: int) -> bytes:
+    """Decompress ``chunk``, never more than ``room`` + 1 bytes of it (a small gzip bomb
+    inflates to gigabytes); the caller refuses what passes the limit."""
+    import zlib
+
+    try:
+        out = decoder.decompress(chunk, max(room, 0) + 1)
+    except zlib.error as exc:
+        raise RerankError(ErrorKind.VALIDATION, f"the body is not valid gzip/deflate data ({exc}); send it "
+                          "compressed as its Content-Encoding says, or uncompressed without that header") from None
+    return out
+
+
+def _undecodable(body: bytes) -> str:
+    """Why FastAPI could not parse a body it refused with 400: bytes that are not UTF-8, a number
+    longer than Python's 4,300-digit limit, or nesting deeper than its parser recurses."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return "the request body could not be decoded: send UTF-8 encoded JSON"
+    try:
+        json.loads(text)
+    except RecursionError:
+        return ("the request body nests arrays or objects too deeply to parse: the request formats nest "
+                "a few levels, send them as documented")
+    except ValueError as exc:
+        if "digits" in str(exc):
+            return (f"the request body holds a number of more than {sys.get_int_max_str_digits()} digits, more "
+                    "than JSON numbers are parsed to here; send numbers of ordinary size")
+        return f"the request body is not valid JSON ({exc})"
+    return "the request body could not be parsed as JSON"
 
 
 async def _until_disconnect(request: Request) -> None:
@@ -165,16 +224,16 @@ def dialect_route(render: ErrorRenderer) -> type[APIRoute]:
                         await request.app.state.limits.admit(key)
                     _check_content_type(request)
                     # Read now (bounded), so only the disconnect is left to receive.
-                    await _read_body(request, request.app.state.settings.max_request_bytes)
+                    settings = request.app.state.settings
+                    await _read_body(request, settings.max_request_bytes, timeout=settings.body_timeout)
                     response = await _cancel_on_disconnect(request, handler(request))
                 except RerankError as exc:
                     response = render(exc)
                 except RequestValidationError as exc:
                     response = render(RerankError(ErrorKind.VALIDATION, describe_validation(exc.errors())))
-                except HTTPException as exc:  # FastAPI's own body errors: bytes that are not UTF-8 JSON
-                    detail = "the request body could not be decoded: send UTF-8 encoded JSON"
-                    response = render(RerankError(ErrorKind.VALIDATION, detail if exc.status_code == 400 else
-                                                  str(exc.detail)))
+                except HTTPException as exc:  # FastAPI's own body errors: bodies json.loads refused
+                    detail = _undecodable(request._body) if exc.status_code == 400 else str(exc.detail)
+                    response = render(RerankError(ErrorKind.VALIDATION, detail))
                 except ClientDisconnect:  # gone while sending its body: nobody to answer
                     response = Response(status_code=499)
                 except Exception as exc:  # a bug of ours: still a reply in the client's shape

@@ -56,8 +56,10 @@ def _priority(header: str | None, key: ApiKey | None) -> Priority:
     return key.priority if key is not None else "interactive"
 
 
-# Kinds a rerank operation can answer; the other two are about paths and methods, not operations.
-_OPERATION_KINDS = [k for k in ErrorKind if k not in (ErrorKind.ROUTE_NOT_FOUND, ErrorKind.METHOD_NOT_ALLOWED)]
+# Kinds a rerank operation can answer; the others are about paths and methods, not operations, or
+# (FORBIDDEN) only answered by the system routes (security.py).
+_OPERATION_KINDS = [k for k in ErrorKind
+                    if k not in (ErrorKind.ROUTE_NOT_FOUND, ErrorKind.METHOD_NOT_ALLOWED, ErrorKind.FORBIDDEN)]
 
 
 class RerankRequest(Protocol):

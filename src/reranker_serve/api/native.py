@@ -129,6 +129,10 @@ _TEI_ERROR_TYPE = {
     ErrorKind.INTERNAL: "Backend",
     ErrorKind.ROUTE_NOT_FOUND: "Validation",
     ErrorKind.METHOD_NOT_ALLOWED: "Validation",
+    ErrorKind.FORBIDDEN: "Unauthorized",
+    ErrorKind.UNSUPPORTED_ENCODING: "Validation",
+    ErrorKind.REQUEST_TIMEOUT: "Validation",
+    ErrorKind.MISDIRECTED: "Validation",
 }
 
 

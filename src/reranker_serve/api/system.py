@@ -1,13 +1,15 @@
-"""System routes, open without an API key: liveness, readiness, and what is being served."""
+"""System routes: liveness and readiness (open, for probes), and what is being served (with keys
+configured these need a key, /metrics an admin key: security.py)."""
 
 from __future__ import annotations
 
 import time
+from pathlib import PurePath
 from typing import Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 
 from .. import __version__
@@ -30,11 +32,13 @@ class Status(BaseModel):
 class ModelInfo(BaseModel):
     name: str = Field(description="The name replies carry; requests select it by this or an alias.")
     aliases: list[str] = Field(description="Other names that select it.")
-    source: str = Field(description="Hub id or local folder it was loaded from.")
+    source: str = Field(description="Hub id or local folder it was loaded from (a folder's name only, for keys that are not admin).")
     ready: bool
     family: str | None = Field(description=f"One of {', '.join(FAMILY_NAMES)}.")
     backend: str | None = Field(description="What runs the forward pass: torch or openvino.")
     attention: str | None = Field(None, description="padded or unpadded (packed, variable-length attention).")
+    backend_note: str | None = Field(None, description="Why this backend: OpenVINO's start-up check against torch, "
+                                     "or why the model serves on torch instead.")
     device: str | None
     dtype: str | None
     max_length: int = Field(description="Tokens per (query, document) pair.")
@@ -58,7 +62,7 @@ class TEIClassifier(BaseModel):
 
 class Info(BaseModel):
     model: str = Field(description="Name that replies of the default model carry.")
-    model_source: str = Field(description="Hub id or local folder the default model was loaded from.")
+    model_source: str = Field(description="Hub id or local folder the default model was loaded from (a folder's name only, for keys that are not admin).")
     ready: bool
     device: str | None
     dtype: str | None
@@ -106,17 +110,25 @@ class ModelList(BaseModel):
 _STARTED = int(time.time())
 
 
-def _model_info(registry: ModelRegistry, spec: ModelSpec) -> ModelInfo:
+def _shows_paths(request: Request) -> bool:
+    """Whether the caller may see where models lie on disk: without keys (one tenant, the
+    operator), or with an admin key; other tenants see a local folder's name only."""
+    key = request.state.api_key  # set by security.SystemRouteGuard on these routes
+    return not request.app.state.keys.enabled or (key is not None and key.admin)
+
+
+def _model_info(registry: ModelRegistry, spec: ModelSpec, *, paths: bool = True) -> ModelInfo:
     engine = registry.engine_of(spec)
     model = engine.model if engine else None
     return ModelInfo(
         name=spec.name,
         aliases=list(spec.names[1:]),
-        source=spec.source,
+        source=spec.source if paths or not spec.local else PurePath(spec.source).name,
         ready=registry.state(spec) is ModelState.READY,
         family=model.family if model else None,
         backend=model.backend if model else None,
         attention=getattr(model, "attention", "padded") if model else None,
+        backend_note=(model.backend_note or None) if model else None,
         device=model.device if model else None,
         dtype=model.dtype_name if model else None,
         max_length=model.max_length if model else spec.max_length,
@@ -152,8 +164,8 @@ async def ready(request: Request, registry: RegistryDep, settings: SettingsDep) 
 
 
 @router.get("/info", response_model=Info, summary="The models and limits being served")
-async def info(registry: RegistryDep, settings: SettingsDep) -> Info:
-    models = [_model_info(registry, spec) for spec in registry.specs]
+async def info(request: Request, registry: RegistryDep, settings: SettingsDep) -> Info:
+    models = [_model_info(registry, spec, paths=_shows_paths(request)) for spec in registry.specs]
     default = models[0]
     return Info(
         model=default.name,
@@ -180,8 +192,8 @@ async def info(registry: RegistryDep, settings: SettingsDep) -> Info:
 
 
 @router.get("/v1/models", response_model=ModelList, summary="Served models (OpenAI list shape), one entry per name")
-async def list_models(registry: RegistryDep) -> ModelList:
-    models = [_model_info(registry, spec) for spec in registry.specs]
+async def list_models(request: Request, registry: RegistryDep) -> ModelList:
+    models = [_model_info(registry, spec, paths=_shows_paths(request)) for spec in registry.specs]
     return ModelList(data=[
         ModelCard(id=name, created=_STARTED, root=m.source, ready=m.ready, family=m.family)
         for m in models for name in (m.name, *m.aliases)
@@ -191,4 +203,4 @@ async def list_models(registry: RegistryDep) -> ModelList:
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response,
             responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}})
 async def metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -23,10 +23,10 @@ from .base import EncodeOptions, Pair, ScoringModel
 __all__ = ["FAMILIES", "EncodeOptions", "Pair", "ScoringModel", "detect_family", "load_model"]
 
 
-def detect_family(config: dict[str, Any], requested: str = "auto") -> Family:
+def detect_family(config: dict[str, Any], requested: str = "auto", *, source: str = "") -> Family:
     """The family of a model from its config.json (``requested`` wins unless it is "auto")."""
     try:
-        return detect(config, requested)
+        return detect(config, requested, source=source)
     except UnknownModel as exc:
         raise ModelLoadError(str(exc)) from None
 
@@ -111,7 +111,15 @@ def load_model(spec: ModelSpec, placement: Placement) -> ScoringModel:
         spec.cache_dir.mkdir(parents=True, exist_ok=True)
         if not spec.offline:
             spec = _from_hub(spec)
-    family = detect_family(_read_config(spec), spec.model_type)
+    config = _read_config(spec)
+    family = detect_family(config, spec.model_type, source=spec.source)
+    if not family.native and not spec.trust_remote_code:
+        from .architectures import unknown_to_transformers
+
+        unknown = unknown_to_transformers(config)
+        if unknown is not None:
+            raise ModelLoadError(f"cannot load {spec.describe()}: {unknown}; set RERANKER_TRUST_REMOTE_CODE=true to "
+                                 "run the model's own code, if you trust its source")
     if family.remote_code and not spec.trust_remote_code:
         raise ModelLoadError(
             f"{spec.describe()} is a {family.name} reranker, which runs Python code shipped with the model: "
@@ -125,12 +133,14 @@ def load_model(spec: ModelSpec, placement: Placement) -> ScoringModel:
         raise
     except Exception as exc:
         message = f"cannot load {spec.describe()} as a {family.name} reranker: {exc}".splitlines()[0]
-        if family.remote_code and isinstance(exc, (ImportError, AttributeError)):
+        if spec.trust_remote_code and family.decoder and isinstance(exc, (ImportError, AttributeError)):
             import transformers
 
             # The published layer-wise rerankers' code was written for transformers 4.4x.
             message += (f" (the model's own code does not run on the installed transformers {transformers.__version__}; "
-                        "it needs the version it was written for)")
+                        "it needs the version it was written for")
+            message += ("; without RERANKER_TRUST_REMOTE_CODE this server runs the architecture itself)"
+                        if not family.remote_code else ")")
         raise ModelLoadError(message) from exc
     if model.max_length < spec.max_length:
         logger.warning("max_length {} exceeds what {} accepts; using {}", spec.max_length, spec.source, model.max_length)

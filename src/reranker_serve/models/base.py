@@ -76,6 +76,7 @@ class ScoringModel(Protocol):
     name: str
     family: str  # encoder, qwen3, qwen3-seq-cls, llm, layerwise, lightweight
     backend: str  # torch or openvino
+    backend_note: str  # why this backend, when it is not the obvious one ("" otherwise)
     device: str
     dtype_name: str
     max_length: int  # most tokens per pair the model accepts (positions)

@@ -6,6 +6,10 @@
     llm     FlagEmbedding's FlagLLMReranker (bge-reranker-v2-gemma): "A: query", "B: passage" and
             a prompt; the raw score is the logit of "Yes", the score its sigmoid
             (``compute_score(normalize=True)``).
+    mxbai-rerank-v2
+            mixedbread's mxbai-rerank-base/large-v2 (Qwen2): mixedbread's chat prompt ending in
+            "Relevance:"; the raw score is logit("1") - logit("0") (``MxbaiRerankV2.forward``),
+            the score its sigmoid.
 
 Pairs are padded on the left (the last position is each pair's own last token) with position
 ids that start at each pair's first token, and only the last position's logits are computed
@@ -30,11 +34,14 @@ from ..config import ModelSpec
 from ..device import Placement, sdpa_backends
 from ..families import Family
 from .base import EncodeOptions, Pair, Pending, pad, sigmoid
+from .architectures import attn_implementation
 from .attention import Kernel, torch_varlen_available
 from .choice import CHECK_DOCUMENTS, compare, plan_attention, settle
 from .prefix import last_hidden, mark_shared, packed_last_hidden
 from .encoder import pad_id_of, window_limit
-from .templates import FLAG_LLM_PROMPT, PromptTemplate, encode_pairs, flag_llm_template, qwen3_template, rust_tokenizer
+from .templates import (
+    FLAG_LLM_PROMPT, PromptTemplate, encode_pairs, flag_llm_template, mxbai_v2_template, qwen3_template, rust_tokenizer,
+)
 
 __all__ = ["CausalLMReranker", "PromptedLM", "load_causal_lm", "load_hf"]
 
@@ -55,6 +62,7 @@ class PromptedLM:
     """What every decoder reranker shares: a torch model fed a prompt template, scored by a sigmoid."""
 
     backend = "torch"
+    backend_note = ""
     takes_instruction = True
 
     def __init__(self, model: Any, hf_tokenizer: Any, *, name: str, family: str, max_length: int,
@@ -167,8 +175,9 @@ def load_hf(spec: ModelSpec, placement: Placement, *, auto_class: str = "AutoMod
                                   trust_remote_code=spec.trust_remote_code)
     tokenizer = transformers.AutoTokenizer.from_pretrained(spec.source, **common)
     kwargs: dict[str, Any] = dict(common, dtype=placement.dtype)
-    if not spec.trust_remote_code:  # a model's own code may not know the attention implementations
-        kwargs["attn_implementation"] = "sdpa"
+    implementation, _ = attn_implementation(spec, auto_class=auto_class)
+    if implementation is not None:  # None: a model's own code, which may not know the implementations
+        kwargs["attn_implementation"] = implementation
     model = getattr(transformers, auto_class).from_pretrained(spec.source, **kwargs).to(placement.device)
     return model, tokenizer
 
@@ -180,6 +189,10 @@ def load_causal_lm(spec: ModelSpec, *, family: Family, placement: Placement, bac
         template = qwen3_template(tokenizer, instruction=spec.instruction)
         true_id = _token_id(hf_tokenizer, "yes", how="token")
         false_id: int | None = _token_id(hf_tokenizer, "no", how="token")
+    elif family.name == "mxbai-rerank-v2":
+        # mixedbread's score: logit("1") - logit("0") at the last position (first id of each text).
+        template = mxbai_v2_template(tokenizer, instruction=spec.instruction)
+        true_id, false_id = _token_id(hf_tokenizer, "1", how="text"), _token_id(hf_tokenizer, "0", how="text")
     else:
         template = flag_llm_template(tokenizer, bos=flag_bos(hf_tokenizer), prompt=spec.instruction or FLAG_LLM_PROMPT)
         true_id, false_id = _token_id(hf_tokenizer, "Yes", how="text"), None

@@ -55,7 +55,7 @@ def plan_attention(setting: str, *, device: str, dtype: torch.dtype, supported: 
 
 
 def compare(expected: Callable[[], torch.Tensor], candidate: Callable[[], torch.Tensor], *, dtype: torch.dtype,
-            device: str) -> str | None:
+            device: str, against: str = "the padded path") -> str | None:
     """Run both; None if the candidate agrees with the expected result within the dtype's tolerance."""
     try:
         with torch.inference_mode():
@@ -66,10 +66,12 @@ def compare(expected: Callable[[], torch.Tensor], candidate: Callable[[], torch.
     except Exception as exc:  # a kernel that cannot run here (dtype, head size, GPU generation)
         return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'}"
     tolerance = SELF_CHECK_TOLERANCE.get(dtype, 1e-1)
+    if got.shape == want.shape and not torch.isfinite(got).all() and torch.isfinite(want).all():
+        return f"it produced non-finite scores where {against} did not"
     if got.shape != want.shape or not torch.allclose(got, want, atol=tolerance, rtol=tolerance):
         drift = (got - want).abs().max().item() if got.shape == want.shape else float("nan")
-        return f"its results differ from the padded path's by up to {drift:.3g} (tolerance {tolerance:g})"
-    logger.debug("unpadded vs padded at start-up: max |Δ| {:.3g}", (got - want).abs().max().item())
+        return f"its results differ from {against} by up to {drift:.3g} (tolerance {tolerance:g})"
+    logger.debug("start-up check against {}: max |Δ| {:.3g}", against, (got - want).abs().max().item())
     return None
 
 

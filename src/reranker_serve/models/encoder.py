@@ -20,6 +20,7 @@ from loguru import logger
 from ..config import ModelSpec
 from ..device import Placement
 from ..families import Family
+from .architectures import attn_implementation
 from .attention import Kernel, torch_varlen_available
 from .choice import CHECK_DOCUMENTS, compare, plan_attention, settle
 from .base import EncodeOptions, Pair, Pending, sigmoid
@@ -74,6 +75,8 @@ class SequenceClassificationReranker:
         self.takes_instruction = isinstance(template, PromptTemplate)
         self.max_length = window_limit(config, hf_tokenizer, max_length)
         self.attention_note = ""  # why this attention path (start-up self-check, setting, device)
+        self.backend_note = ""  # why this backend (OpenVINO's start-up check against torch)
+        self.attn_implementation = str(config._attn_implementation)  # transformers' (sdpa, eager)
 
     @property
     def runner(self) -> Runner:
@@ -146,6 +149,10 @@ def load_sequence_classifier(spec: ModelSpec, *, family: Family, placement: Plac
 
     # OpenVINO converts from float32 weights and compiles them in the placement's precision.
     dtype = torch.float32 if backend == "openvino" else placement.dtype
+    implementation, _ = attn_implementation(spec, auto_class="AutoModelForSequenceClassification")
+    model_kwargs: dict[str, Any] = {"dtype": dtype}
+    if implementation is not None:
+        model_kwargs["attn_implementation"] = implementation
     cross_encoder = CrossEncoder(
         spec.source,
         device=placement.device,
@@ -153,7 +160,7 @@ def load_sequence_classifier(spec: ModelSpec, *, family: Family, placement: Plac
         local_files_only=spec.offline,
         trust_remote_code=spec.trust_remote_code,
         max_length=spec.max_length,
-        model_kwargs={"dtype": dtype, "attn_implementation": "sdpa"},
+        model_kwargs=model_kwargs,
     )
     hf_tokenizer = cross_encoder.tokenizer
     tokenizer = rust_tokenizer(hf_tokenizer)

@@ -19,13 +19,16 @@ import sys
 import time
 import warnings
 from collections import deque
-from typing import Any, Callable, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from loguru import logger
 
 from ..config import ModelSpec
-from .base import Pair
+from ..errors import ModelLoadError
+from .base import EncodeOptions, Pair
+from .choice import CHECK_DOCUMENTS, compare
 from .encoder import SequenceClassificationReranker
 from .runners import Feed, PaddedRunner, Runner, padded_inputs
 
@@ -110,6 +113,47 @@ class OpenVINORunner(Runner):
         return self.start(batch)()
 
 
+def _mask_seeing_itself(**kwargs: Any) -> torch.Tensor | None:
+    """transformers' SDPA mask, with each query position also seeing its own key.
+
+    With local (sliding-window) attention, a padding position further than half the window from
+    every real token sees no key at all: its softmax row is all -inf. torch's SDPA returns zeros
+    for such a row; OpenVINO's returns NaN, and NaN in a padding row's values reaches every real
+    row through the next layer (0 x NaN is NaN), and ModernBERT's mean pooling. A padding query
+    that sees itself is finite; real rows already see themselves, so their results do not change.
+    """
+    from transformers.masking_utils import sdpa_mask
+
+    mask = sdpa_mask(**kwargs)
+    if mask is None or mask.shape[-2] != mask.shape[-1]:
+        return mask
+    # Built from the traced shape (not torch.eye of a Python int) so it stays dynamic in the graph.
+    index = torch.arange(mask.shape[-1], device=mask.device)
+    return mask | (index[:, None] == index[None, :])
+
+
+_TRACED = "reranker_openvino_sdpa"
+
+
+@contextmanager
+def _finite_padding_rows(config: Any) -> Iterator[None]:
+    """For the trace only: SDPA attention with ``_mask_seeing_itself`` as its mask (models built on SDPA)."""
+    if config._attn_implementation != "sdpa":
+        yield
+        return
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    AttentionInterface.register(_TRACED, ALL_ATTENTION_FUNCTIONS["sdpa"])
+    ALL_MASK_ATTENTION_FUNCTIONS.register(_TRACED, _mask_seeing_itself)
+    config._attn_implementation = _TRACED
+    try:
+        yield
+    finally:
+        config._attn_implementation = "sdpa"
+
+
 def to_openvino(model: Any, feed: Feed, *, dtype: torch.dtype, threads: int, name: str) -> OpenVINORunner:
     """Convert a loaded (float32) torch sequence classifier and compile it for the CPU."""
     ov = _openvino()
@@ -121,7 +165,7 @@ def to_openvino(model: Any, feed: Feed, *, dtype: torch.dtype, threads: int, nam
     if feed.with_types:
         example["token_type_ids"] = torch.zeros((2, 8), dtype=torch.long)
     # Tracing warns that shape checks become constants; they hold for every padded batch we send.
-    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings(), _finite_padding_rows(model.config):
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         converted = ov.convert_model(
             model, example_input=example, input=[(key, [-1, -1], ov.Type.i64) for key in example]
@@ -140,14 +184,35 @@ def to_openvino(model: Any, feed: Feed, *, dtype: torch.dtype, threads: int, nam
 
 def use_openvino(reranker: SequenceClassificationReranker, model: Any, feed: Feed, *, spec: ModelSpec,
                  dtype: torch.dtype) -> None:
-    """Give ``reranker`` an OpenVINO runner; with RERANKER_BACKEND=auto, torch where conversion fails."""
+    """Give ``reranker`` an OpenVINO runner if it scores the start-up check batch as torch does.
+
+    The check batch holds pairs of very different lengths (padding longer than a local-attention
+    window included), computed by torch in float32 and by the converted model in ``dtype``;
+    they must agree within ``dtype``'s tolerance. A model that does not convert or does not agree
+    serves on torch, and the log and /info (``backend_note``) say why; with
+    RERANKER_BACKEND=openvino the start fails instead.
+    """
     try:
-        reranker.runner = to_openvino(model, feed, dtype=dtype, threads=torch.get_num_threads(), name=spec.name)
-        reranker.attention_note = "padded (OpenVINO)"
+        candidate = to_openvino(model, feed, dtype=dtype, threads=torch.get_num_threads(), name=spec.name)
     except Exception as exc:
         if spec.backend == "openvino":
             raise
-        # auto: a model OpenVINO cannot convert still serves, through torch.
-        logger.warning("OpenVINO could not convert {} ({}); serving it with torch", spec.name,
-                       str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        reranker.runner = PaddedRunner(model.to(dtype), feed)
+        failure = f"it could not convert the model ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+    else:
+        pairs = reranker.encode("which backend scores pairs exactly", CHECK_DOCUMENTS,
+                                EncodeOptions(max_length=reranker.max_length))
+        exact = PaddedRunner(model, feed)
+        failure = compare(lambda: exact.logits(pairs), lambda: candidate.logits(pairs), dtype=dtype, device="cpu",
+                          against="torch (float32)")
+        if failure is None:
+            reranker.runner = candidate
+            reranker.attention_note = "padded (OpenVINO)"
+            reranker.backend_note = "openvino: its start-up check agreed with torch"
+            return
+        failure = f"its start-up check failed: {failure}"
+        if spec.backend == "openvino":
+            raise ModelLoadError(f"RERANKER_BACKEND=openvino: {spec.name}: {failure}; use RERANKER_BACKEND=torch or auto")
+    # auto: a model OpenVINO cannot run exactly still serves, through torch.
+    logger.warning("OpenVINO: {} for {}; serving it with torch", failure, spec.name)
+    reranker.backend_note = f"torch: OpenVINO {failure}"
+    reranker.runner = PaddedRunner(model.to(dtype), feed)

@@ -27,7 +27,8 @@ from ..errors import ErrorKind, RerankError
 from .base import EncodeOptions, Pair, windows
 
 __all__ = [
-    "Layout", "PairTemplate", "PromptTemplate", "encode_pairs", "fit", "flag_llm_template", "qwen3_template",
+    "Layout", "PairTemplate", "PromptTemplate", "encode_pairs", "fit", "flag_llm_template", "mxbai_v2_template",
+    "qwen3_template",
     "rust_tokenizer",
 ]
 
@@ -207,9 +208,13 @@ class PromptTemplate:
     ``{instruction}`` anywhere. Segments after the document's hold no query or document.
     """
 
-    def __init__(self, tokenizer: Tokenizer, segments: Sequence[Segment], *, default_instruction: str) -> None:
+    def __init__(self, tokenizer: Tokenizer, segments: Sequence[Segment], *, default_instruction: str,
+                 instruction_format: str = "{}") -> None:
         self.tokenizer = tokenizer
         self.default_instruction = default_instruction
+        # How an instruction is written into its field; an empty instruction leaves the field empty
+        # (mxbai-rerank-v2 writes "instruction: ...\n" only when there is one).
+        self.instruction_format = instruction_format
         at_doc = [i for i, s in enumerate(segments) if "doc" in _fields(s)]
         at_query = [i for i, s in enumerate(segments) if "query" in _fields(s)]
         if len(at_doc) != 1 or len(at_query) != 1 or at_query[0] > at_doc[0]:
@@ -231,7 +236,8 @@ class PromptTemplate:
         return encoding.ids, {name: _token_span(encoding.offsets, *span) for name, span in spans.items()}
 
     def layouts(self, query: str, documents: Sequence[str], instruction: str | None) -> list[Layout]:
-        values = {"instruction": self.default_instruction if instruction is None else instruction, "query": query}
+        instruction = self.default_instruction if instruction is None else instruction
+        values = {"instruction": self.instruction_format.format(instruction) if instruction else "", "query": query}
         head: list[int] = []
         query_at: tuple[int, int] | None = None
         for segment in self.before:
@@ -278,6 +284,29 @@ FLAG_LLM_PROMPT = (
     "providing a prediction of either 'Yes' or 'No'."
 )
 FLAG_LIGHTWEIGHT_PROMPT = "Predict whether passage B contains an answer to query A."
+
+
+# mixedbread's mxbai-rerank-v2 (mxbai_rerank_v2.py of the mxbai-rerank package): Qwen's default
+# system turn, the (instruction and) query, the document and a task prompt asking for 0 or 1; each
+# piece tokenized on its own, joined by "\n" pieces.
+_MXBAI_PREFIX = (
+    "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+    "<|im_start|>user\n"
+)
+_MXBAI_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n"
+_MXBAI_TASK = (
+    "You are a search relevance expert who evaluates how well documents match search queries. For each "
+    "query-document pair, carefully analyze the semantic relationship between them, then provide your binary "
+    "relevance judgment (0 for not relevant, 1 for relevant).\nRelevance:"
+)
+
+
+def mxbai_v2_template(tokenizer: Tokenizer, *, instruction: str | None = None) -> PromptTemplate:
+    """``prefix · [instruction: I\n]query: Q · \n · document: D · \n · task · suffix``; no instruction
+    by default (mixedbread's ``instruction=None``)."""
+    return PromptTemplate(tokenizer, [_MXBAI_PREFIX, "{instruction}query: {query}", "\n", "document: {doc}", "\n",
+                                      _MXBAI_TASK, _MXBAI_SUFFIX],
+                          default_instruction=instruction or "", instruction_format="instruction: {}\n")
 
 
 def qwen3_template(tokenizer: Tokenizer, *, instruction: str | None = None) -> PromptTemplate:
