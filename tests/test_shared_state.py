@@ -24,8 +24,9 @@ from procs import free_port, server_env, serving
 KEY = "sk-shared-0123456789"
 OTHER = "sk-other-0123456789"
 TENANT_A, TENANT_B = "sk-tenant-a-0123456789", "sk-tenant-b-0123456789"
+ADMIN = "sk-ops-admin-0123456789"  # /metrics needs an admin key where keys are configured
 KEYS = json.dumps({"shared": {"key": KEY, "requests_per_second": 0.01, "requests_burst": 3}, "other": OTHER,
-                   "a": TENANT_A, "b": TENANT_B})
+                   "a": TENANT_A, "b": TENANT_B, "ops": {"key": ADMIN, "admin": True}})
 
 
 def start_redis(folder: Path) -> tuple[subprocess.Popen, str]:
@@ -126,7 +127,7 @@ def test_with_redis_unreachable_limits_and_cache_are_local_and_nothing_fails(tmp
         first, again = post(base, OTHER), post(base, OTHER)
         assert first.status_code == again.status_code == 200
         assert int(again.headers["x-compute-tokens"]) == 0  # the local cache answered
-        metrics = httpx.get(f"{base}/metrics").text
+        metrics = httpx.get(f"{base}/metrics", headers={"Authorization": f"Bearer {ADMIN}"}).text
     records = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
     warnings = [r for r in records if r["level"] == "WARNING" and "Redis at" in r["message"]]
     assert len(warnings) == 1 and "unreachable" in warnings[0]["message"]
@@ -146,7 +147,7 @@ def test_redis_going_away_while_serving_fails_no_request(tmp_path, tiny_model):
             statuses = [post(base, KEY, DOCS[:1]).status_code for _ in range(4)]
             assert statuses == [200] * 3 + [429], statuses
             assert post(base, OTHER, ["A pair scored while Redis is gone."]).status_code == 200
-            metrics = httpx.get(f"{base}/metrics").text
+            metrics = httpx.get(f"{base}/metrics", headers={"Authorization": f"Bearer {ADMIN}"}).text
     finally:
         if proc.poll() is None:
             proc.kill()
