@@ -192,7 +192,8 @@ async def test_request_that_cannot_meet_its_deadline_is_refused_at_once():
     await asyncio.sleep(0.01)
     started = asyncio.get_running_loop().time()
     with pytest.raises(RerankError) as info:
-        await batcher.submit(pairs(1), timeout=0.5)
+        # Fair queuing: it would share the model with the backlog, 15 + 15 pairs at ~20/s.
+        await batcher.submit(pairs(*[1] * 15), timeout=0.5)
     assert info.value.kind is ErrorKind.OVERLOADED and "request timeout" in info.value.message
     assert asyncio.get_running_loop().time() - started < 0.3  # refused at once, well before its 0.5 s deadline
     model.gate.set()
@@ -361,7 +362,7 @@ def _reference_batch(batcher: Batcher, jobs: list) -> list[tuple[int, int, int]]
 
     aged = _time.perf_counter() - batcher.batch_max_wait
     urgency = {job.seq: int(job.batch and job.admitted > aged) for job in jobs}
-    seed = min(jobs, key=lambda job: (urgency[job.seq], job.seq))
+    seed = min(jobs, key=lambda job: (urgency[job.seq], job.served, job.seq))
     width = max(len(seed.pairs[i]) for i in seed.remaining)
     waiting = sorted((urgency[job.seq], -len(job.pairs[i]), job.seq)
                      for job in jobs for i in job.remaining if len(job.pairs[i]) <= width)
@@ -453,3 +454,47 @@ def test_batches_are_launched_ahead_only_while_they_are_short(ahead_below, expec
     assert scored.scores == [fake_score(p) for p in pairs(3, 4, 5, 6, 7, 8)]
     # Once a batch has been timed (20 ms), a 5 ms threshold keeps one batch at a time.
     assert launcher.most_in_flight(after_first=True) == expected
+
+
+def test_a_huge_request_is_split_and_a_small_one_arriving_behind_it_rides_the_next_batch():
+    """Issue 21: a 725k-token request held the engine for a minute and a 3-document request
+    waited behind all of it. Its pairs are now taken a batch at a time, and the least served
+    request seeds each batch: the small request goes right after the batch in flight, and
+    while both wait they share the model (fair queuing on tokens), the oldest first."""
+    model = FakeModel()
+    batcher = _held(model, max_batch_tokens=64, max_batch_size=8, max_queue=1000)
+
+    async def scenario() -> None:
+        huge = asyncio.ensure_future(batcher.submit([Pair([7] * 32) for _ in range(200)]))  # 100 batches of 2
+        await asyncio.sleep(0.05)  # its first batch is held in forward()
+        small = asyncio.ensure_future(batcher.submit([Pair([9] * 20) for _ in range(3)]))
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        await asyncio.gather(huge, small)
+
+    _run(batcher, scenario)
+    firsts = [batch[0].ids[0] for batch in model.batches]
+    assert firsts[0] == 7 and firsts[1] == 9, firsts[:4]  # the next batch after the one in flight
+    assert sum(len(b) for b in model.batches if b[0].ids[0] == 9) == 3
+    assert len(model.batches) == 101  # the small one's 3 pairs (3 x 20 tokens) made one batch
+
+
+def test_newcomers_do_not_starve_an_old_request():
+    """The virtual clock: a request admitted later starts at the tokens served so far, so the
+    old request keeps getting its share while new ones keep arriving."""
+    from reranker_serve.batcher import _Job
+
+    loop = asyncio.new_event_loop()
+    try:
+        batcher = Batcher(lambda p: [0.0] * len(p), max_batch_tokens=64, max_batch_size=2, max_queue=10_000)
+        old = _Job([Pair([1] * 32) for _ in range(40)], loop, loop.create_future(), 1)
+        batcher._jobs.append(old)
+        seeds = []
+        for seq in range(2, 12):  # a new small request before every batch
+            batcher._jobs.append(_Job([Pair([2] * 32) for _ in range(4)], loop, loop.create_future(), seq,
+                                      served=batcher._vtime))
+            picked = batcher._take_batch()
+            seeds.append(picked[0][0].seq)
+        assert seeds.count(1) >= 3, seeds  # the old request was served along the way
+    finally:
+        loop.close()

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from reranker_serve.cache import ENTRY_BYTES, ScoreCache, bypass_requested
+from reranker_serve.cache import ENTRY_BYTES, CachedScore, ScoreCache, bypass_requested
 from reranker_serve.config import Settings
 from reranker_serve.models import EncodeOptions
 from reranker_serve.models.base import sigmoid
@@ -224,11 +224,11 @@ def test_the_memory_charged_is_the_memory_used(tiny_model):
     cache = ScoreCache(max_bytes=1 << 30)
     keys = cache.keys(FakeEngine(tiny_model), EncodeOptions(max_length=128), QUERY, [f"doc {i}" for i in range(20000)])
     tracemalloc.start()
-    cache.put_many([(k, float(i) + 0.25) for i, k in enumerate(keys)])
+    cache.put_many([(k, CachedScore(float(i) + 0.25, 300 + i)) for i, k in enumerate(keys)])
     used, _ = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     # The keys existed before (the service computes them anyway), so the real cost is at least
-    # the float and the table's share; the charge is within 35% of key + float + table.
+    # the (score, tokens) value and the table's share; the charge is within 35% of key + value + table.
     charged = cache.bytes
     real = used + len(keys) * 49  # the key objects the cache now keeps alive
     assert abs(charged - real) / real < 0.35, (charged, real)

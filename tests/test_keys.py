@@ -48,14 +48,14 @@ def test_over_its_request_limit_a_key_gets_429_with_retry_after_while_others_are
     assert c.post("/v2/rerank", json=BODY, headers=bearer(CHAT)).status_code == 200
 
 
-def test_pair_limit_counts_documents_and_refuses_what_could_never_fit(keyed):
+def test_pair_limit_counts_pairs_and_refuses_what_could_never_fit(keyed):
     c = keyed.client
     five = {"query": QUERY, "documents": DOCS[:5]}
     assert c.post("/rerank", json=five, headers=bearer(NIGHTLY)).status_code == 200
     assert c.post("/rerank", json=five, headers=bearer(NIGHTLY)).status_code == 200
     r = c.post("/api/v1/rerank", json=five, headers=bearer(NIGHTLY))
     assert r.status_code == 429 and r.headers["retry-after"] in ("4", "5")  # 5 pairs at 1 pair/s
-    assert "60 documents per minute" in r.json()["detail"]
+    assert "60 pairs per minute (pairs_per_minute, chunks included)" in r.json()["detail"]
     eleven = {"query": QUERY, "documents": (DOCS * 3)[:11]}
     r = c.post("/v1/rerank", json=eleven, headers=bearer(NIGHTLY))
     assert r.status_code == 400 and "exceed the 10 that key 'nightly' may send at once" in r.json()["message"]
@@ -176,3 +176,35 @@ def test_a_keys_batch_priority_lets_interactive_requests_pass_its_flood(tiny_mod
     finally:
         srv.stop()
     assert finished == ["chat", "nightly"]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_server_killed_with_sigkill_leaves_no_bucket_file_behind(tmp_path, tiny_model, workers):
+    """Issue 21: kill -9 left /tmp/reranker-serve-*.buckets behind. The buckets are in memory of
+    the processes (one process) or a memfd the workers open through /proc (several): no name
+    in any folder, whatever ends the server."""
+    import os
+    import subprocess
+    import sys
+
+    from procs import ROOT
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    port = free_port()
+    keys = json.dumps({"k": {"key": "sk-kill-key-0123", "requests_per_second": 0.01, "requests_burst": 2}})
+    env = server_env(tiny_model, port, RERANKER_API_KEYS=keys, RERANKER_WORKERS=workers, RERANKER_WARMUP_SECONDS="0",
+                     TMPDIR=str(tmp))
+    with (tmp_path / "server.log").open("w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "reranker_serve"], env=env, cwd=ROOT, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_ready(port, proc, timeout=180)
+        statuses = [httpx.post(f"http://127.0.0.1:{port}/rerank", json=BODY, headers=bearer("sk-kill-key-0123"),
+                               timeout=60).status_code for _ in range(3)]
+        assert statuses == [200, 200, 429]  # the buckets work
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    time.sleep(0.5)  # the workers (same process group) are gone too
+    assert not list(tmp.glob("reranker-serve-*.buckets"))

@@ -164,8 +164,8 @@ def _serve_in_workers(settings: Settings, overrides: dict[str, object], *, reloa
 
     for key, value in overrides.items():
         os.environ[f"{ENV_PREFIX}{key.upper()}"] = str(value)
-    # One bucket file for every worker: a key's rate limits hold for the server, not per process.
-    buckets = RateLimiter.create_file()
+    # One bucket memory for every worker: a key's rate limits hold for the server, not per process.
+    buckets, buckets_fd = RateLimiter.create_file()
     os.environ[BUCKETS_FILE_VARIABLE] = buckets
     scraped = None
     try:
@@ -186,7 +186,7 @@ def _serve_in_workers(settings: Settings, overrides: dict[str, object], *, reloa
                         **common)  # type: ignore[arg-type]
             failed = failure.read().strip()
     finally:
-        os.unlink(buckets)
+        RateLimiter.remove_file(buckets, buckets_fd)
         if scraped is not None:
             scraped.shutdown()
             scraped.server_close()

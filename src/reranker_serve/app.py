@@ -28,7 +28,7 @@ from .api.dialect import Dialect
 from .config import Settings, load_settings
 from .engine import Engine
 from .errors import ErrorKind, RerankError
-from .keys import BUCKETS_FILE_VARIABLE, KeyRing, RateLimiter
+from .keys import BUCKETS_FILE_VARIABLE, KeyLimits, KeyRing, RateLimiter
 from .observability import MULTIPROCESS_VARIABLE, Metrics, RequestContextMiddleware, serve_metrics
 from .registry import ModelRegistry
 from .security import AuthThrottle, HostGuard, SystemRouteGuard, allowed_hosts
@@ -98,9 +98,17 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry = ModelRegistry(settings, engines, metrics=metrics)
         app.state.registry = registry
-        app.state.reranker = Reranker(registry, tracing=tracing)
-        # Worker processes share one bucket file (made by __main__), so a key's limits hold server-wide.
+        # Worker processes share one bucket memory (made by __main__), so a key's limits hold server-wide.
         app.state.limiter = RateLimiter(os.environ.get(BUCKETS_FILE_VARIABLE))
+        shared = None
+        if settings.redis_url:  # replicas share limits and scores (shared.py)
+            from .shared import SharedState
+
+            shared = SharedState(settings.redis_url, prefix=settings.redis_prefix, timeout=settings.redis_timeout,
+                                 cache_ttl=settings.redis_cache_ttl, metrics=metrics)
+            await shared.check()
+        app.state.limits = KeyLimits(app.state.limiter, shared=shared)
+        app.state.reranker = Reranker(registry, tracing=tracing, limits=app.state.limits, shared=shared)
         readiness: WorkerReadiness | None = app.state.readiness
         # With several workers the parent serves RERANKER_METRICS_PORT (summed over them all).
         scraped = None
@@ -129,6 +137,8 @@ def create_app(
                 loader.cancel()
             await registry.close()
             app.state.limiter.close()
+            if shared is not None:
+                await shared.close()
             if scraped is not None:
                 scraped.shutdown()
                 scraped.server_close()

@@ -8,12 +8,19 @@ Why this shape (measured in docs/benchmarks.md): on CPU most of the throughput c
 and (3) letting concurrent requests fill each other's batches. The event loop never runs the
 model; it only admits work (or answers 429 when the queue is full) and awaits a future.
 
-Batch selection: the oldest waiting request of the most urgent class seeds each batch with its
-longest remaining pair (length L), so no request waits behind an endless stream of newer ones;
+Batch selection (fair queuing on tokens): the waiting request of the most urgent class that
+has been served the fewest tokens seeds each batch with its longest remaining pair (length L);
 the batch is then filled with waiting pairs of length <= L from any request, the urgent class
 first and the longest first within a class, while (pairs x L) stays within ``max_batch_tokens``
 and the pair count within ``max_batch_size``. For a model that runs unpadded (packed tokens,
 variable-length attention) the budget counts real tokens instead.
+
+Why "served the fewest tokens": a request's pairs are taken a batch at a time, so a huge
+request (a 725k-token one: 40 documents of 16 KB chunked 100 ways) is split into many batches,
+and a request arriving behind it seeds the very next batch instead of waiting for all of them.
+A request starts with the tokens served to the last seed at its arrival (a virtual clock), not
+zero, so newcomers cannot starve an old request either: N waiting requests of one class each
+get about 1/N of the model's tokens, and the oldest wins ties.
 
 Priorities: a request is ``interactive`` (the default) or ``batch``. Interactive pairs go first,
 so under a batch flood an interactive request waits for at most the batch in flight plus its
@@ -73,6 +80,10 @@ class _Job:
     seq: int
     batch: bool = False  # X-Priority: batch (or its key's default)
     admitted: float = field(default_factory=time.perf_counter)
+    # Tokens scheduled for it so far, counted from the batcher's virtual clock at admission
+    # (fair queuing: the least served request seeds the next batch).
+    served: float = 0.0
+    remaining_tokens: int = 0  # tokens of its pairs not yet scheduled
     remaining: set[int] = field(default_factory=set)
     order: list[int] = field(default_factory=list)
     neg_lengths: list[int] = field(default_factory=list)
@@ -89,6 +100,7 @@ class _Job:
         self.neg_lengths = [-len(self.pairs[i]) for i in self.order]
         self.scores = [0.0] * len(self.pairs)
         self.left = len(self.pairs)
+        self.remaining_tokens = sum(len(p) for p in self.pairs)
 
     def first_remaining(self) -> int:
         """Position in ``order`` of its longest pair not yet scheduled."""
@@ -159,9 +171,11 @@ class Batcher:
         self._cond = threading.Condition()
         self._jobs: list[_Job] = []  # admission order
         self._queued = 0  # pairs admitted and not yet scored or dropped
+        self._queued_tokens = 0  # their tokens
+        self._vtime = 0.0  # tokens served to the last seed when it was chosen (fair queuing)
         self._seq = 0
         self._closed = False
-        self._pairs_per_s = 0.0  # moving average, for Retry-After
+        self._tokens_per_s = 0.0  # moving average, for admission by deadline and Retry-After
         self._last_done = 0.0  # when the last batch's scores were collected
         self._thread = threading.Thread(target=self._run, name="reranker-batcher", daemon=True)
 
@@ -174,7 +188,7 @@ class Batcher:
         with self._cond:
             self._closed = True
             leftovers, self._jobs = self._jobs, []
-            self._queued = 0
+            self._queued = self._queued_tokens = 0
             self._cond.notify_all()
         for job in leftovers:
             job.settle(RerankError(ErrorKind.NOT_READY, "the server is shutting down", retry_after=1))
@@ -223,21 +237,29 @@ class Batcher:
                     retry_after=self._retry_after(),
                 )
             # Admit only what can finish in time: a request that would sit in the queue past its
-            # deadline costs compute and still fails (504). Refusing it now keeps goodput up. An
-            # interactive request waits only for the interactive pairs ahead of it.
-            rate = self._pairs_per_s
-            ahead = self._queued if batch else sum(len(j.remaining) for j in self._jobs if not j.batch)
-            if timeout is not None and rate > 0 and ahead > 0 and (ahead + len(pairs)) / rate > timeout:
+            # deadline costs compute and still fails (504). Refusing it now keeps goodput up.
+            # Under fair queuing a request waits, of each request of its class, for at most as
+            # many tokens as it needs itself (and for every more urgent one in full): an
+            # interactive request waits for no batch work, a small one not for a huge one.
+            tokens = sum(len(p) for p in pairs)
+            rate = self._tokens_per_s
+            ahead = sum(
+                min(j.remaining_tokens, tokens) if j.batch == batch else j.remaining_tokens
+                for j in self._jobs if not j.cancelled and (batch or not j.batch)
+            )
+            if timeout is not None and rate > 0 and ahead > 0 and (ahead + tokens) / rate > timeout:
                 raise RerankError(
                     ErrorKind.OVERLOADED,
-                    f"the server is busy: the {ahead} pairs ahead of this request need about "
-                    f"{ahead / rate:.1f} s, more than the {timeout:g} s request timeout; retry later",
+                    f"the server is busy: this request would wait for about {ahead} tokens of other requests, "
+                    f"{ahead / rate:.1f} s, and its own {tokens} take {tokens / rate:.1f} s more, beyond the "
+                    f"{timeout:g} s request timeout; retry later",
                     retry_after=self._retry_after(),
                 )
             self._seq += 1
-            job = _Job(pairs, loop, loop.create_future(), self._seq, batch)
+            job = _Job(pairs, loop, loop.create_future(), self._seq, batch, served=self._vtime)
             self._jobs.append(job)
             self._queued += len(pairs)
+            self._queued_tokens += tokens
             self._cond.notify()
         try:
             return await asyncio.wait_for(job.future, timeout)
@@ -258,8 +280,8 @@ class Batcher:
             job.cancelled = True
 
     def _retry_after(self) -> float:
-        rate = self._pairs_per_s
-        return min(60.0, max(1.0, self._queued / rate)) if rate > 0 else 1.0
+        rate = self._tokens_per_s
+        return min(60.0, max(1.0, self._queued_tokens / rate)) if rate > 0 else 1.0
 
     # -- the worker thread ---------------------------------------------------------------------
     def _run(self) -> None:
@@ -303,7 +325,9 @@ class Batcher:
         for job in self._jobs:
             if job.cancelled:
                 self._queued -= len(job.remaining)
+                self._queued_tokens -= job.remaining_tokens
                 job.remaining.clear()
+                job.remaining_tokens = 0
             elif job.remaining:
                 live.append(job)
         self._jobs = live
@@ -312,7 +336,9 @@ class Batcher:
         # 0: interactive, or batch work that has waited long enough; 1: batch.
         aged = time.perf_counter() - self.batch_max_wait
         urgency = {id(job): int(job.batch and job.admitted > aged) for job in live}
-        seed = min(live, key=lambda job: (urgency[id(job)], job.seq))
+        # The most urgent class, then the least served (fair queuing on tokens), then the oldest.
+        seed = min(live, key=lambda job: (urgency[id(job)], job.served, job.seq))
+        self._vtime = max(self._vtime, seed.served)
         width = -seed.neg_lengths[seed.first_remaining()]
         # Most urgent class first, then longest first, then oldest request first.
         merged = heapq.merge(*(job.fitting(width, urgency[id(job)]) for job in live))
@@ -329,6 +355,9 @@ class Batcher:
         batch = [(job, i) for _, _, _, i, job in chosen]
         for job, i in batch:
             job.remaining.discard(i)
+            length = len(job.pairs[i])
+            job.remaining_tokens -= length
+            job.served += width if self.padded else length  # what the pair costs in this batch
         # Jobs with nothing left to schedule leave the queue; their in-flight pairs settle them.
         self._jobs = [job for job in live if job.remaining]
         return batch
@@ -365,14 +394,15 @@ class Batcher:
         elapsed = now - max(start, self._last_done)
         self._last_done = now
         self._batch_seconds = elapsed if self._batch_seconds == 0 else 0.8 * self._batch_seconds + 0.2 * elapsed
-        rate = len(batch) / elapsed if elapsed > 0 else 0.0
-        self._pairs_per_s = rate if self._pairs_per_s == 0 else 0.8 * self._pairs_per_s + 0.2 * rate
+        lengths = [len(p) for p in pairs]
+        rate = sum(lengths) / elapsed if elapsed > 0 else 0.0
+        self._tokens_per_s = rate if self._tokens_per_s == 0 else 0.8 * self._tokens_per_s + 0.2 * rate
         if self.on_batch is not None:
-            lengths = [len(p) for p in pairs]
             self.on_batch(len(batch), len(batch) * max(lengths) if self.padded else sum(lengths))
         done = []
         with self._cond:
             self._queued -= len(batch)
+            self._queued_tokens -= sum(lengths)
             for (job, i), score in zip(batch, scores):
                 job.scores[i] = score
                 job.left -= 1
@@ -400,9 +430,12 @@ class Batcher:
         jobs = list({id(j): j for j, _ in batch}.values())
         with self._cond:
             self._queued -= len(batch)
+            self._queued_tokens -= sum(len(job.pairs[i]) for job, i in batch)
             for job in jobs:
                 self._queued -= len(job.remaining)
+                self._queued_tokens -= job.remaining_tokens
                 job.remaining.clear()
+                job.remaining_tokens = 0
                 job.cancelled = True
             self._jobs = [j for j in self._jobs if not j.cancelled]
         detail = str(exc).splitlines()[0] if str(exc) else "no detail"

@@ -1,7 +1,12 @@
 """The score cache: raw logits of (query, document) pairs already scored, so a pair asked again
 (retries, pagination, chat turns over the same retrieved chunks) skips the model.
 
-What a key is: a 128-bit BLAKE2b digest of everything that changes a raw score —
+What a key is: a 128-bit BLAKE2b digest of whose cache it is and of everything that changes a
+raw score —
+
+    the partition   the API key's (or its cache_group's, keys.py): tenants never see each
+                    other's entries, so a hit (its speed, its X-Compute-Tokens: 0) tells a
+                    tenant only what it asked itself; "" on a server without keys
 
     the model       its ModelSpec but the names (source, model type, per-model options such as
                     the default instruction, layer-wise cutoff, compression), and what loading
@@ -12,9 +17,10 @@ What a key is: a 128-bit BLAKE2b digest of everything that changes a raw score �
                     configured default, part of the model above) — and any field added later
     the texts       query and document, each length-prefixed so that ("ab", "c") ≠ ("a", "bc")
 
-The texts themselves are never kept: only digests (16 bytes) and the float32-exact logit the
+The texts themselves are never kept: only digests (16 bytes), the float32-exact logit the
 model produced, so a hit returns the very float a computation returned (the activation is
-applied by the service, after the cache, exactly as for a computed score).
+applied by the service, after the cache, exactly as for a computed score), and the tokens the
+pair cost, so usage counts a cached pair as what it costs (``cached_tokens``).
 
 Bounded by ``max_bytes`` (RERANKER_CACHE_MB), least recently used evicted first. Each entry is
 charged what it really costs in CPython: the key object, the float object and the ordered
@@ -22,7 +28,9 @@ dict's per-entry share (measured with tracemalloc: ~150-180 bytes an entry in al
 suite checks the charge against tracemalloc).
 
 One cache per server process (a worker of RERANKER_WORKERS has its own), shared by the served
-models; operations take a lock, so the event loop and any thread may use it.
+models; operations take a lock, so the event loop and any thread may use it. With
+RERANKER_REDIS_URL a second tier on Redis is shared by every replica (shared.py); its keys
+identify the model by its weights (``stable=True``), not by this process's nonce.
 """
 
 from __future__ import annotations
@@ -34,20 +42,27 @@ import sys
 import threading
 import weakref
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, NamedTuple, Sequence
 
 if TYPE_CHECKING:
     from .engine import Engine
     from .models import EncodeOptions
     from .observability import Metrics
 
-__all__ = ["ENTRY_BYTES", "ScoreCache", "bypass_requested"]
+__all__ = ["ENTRY_BYTES", "CachedScore", "ScoreCache", "bypass_requested"]
+
+
+class CachedScore(NamedTuple):
+    score: float  # the raw logit, as the model produced it
+    tokens: int  # what computing the pair cost (all windows of a chunked document)
+
 
 _DIGEST = 16  # bytes: 128 bits, no collision in any cache that fits in memory (birthday bound 2^64)
-# What one entry costs: the key (a 16-byte bytes object), the value (a float object) and the
-# OrderedDict's share (hash table slot, index and the order list's node), measured with
-# tracemalloc over 1k-100k entries (112 bytes is the high end: the table grows in steps).
-ENTRY_BYTES = sys.getsizeof(b"\0" * _DIGEST) + sys.getsizeof(0.5) + 112
+# What one entry costs: the key (a 16-byte bytes object), the value (a 2-tuple of a float and an
+# int) and the OrderedDict's share (hash table slot, index and the order list's node), measured
+# with tracemalloc over 1k-100k entries (112 bytes is the high end: the table grows in steps).
+ENTRY_BYTES = (sys.getsizeof(b"\0" * _DIGEST) + sys.getsizeof(CachedScore(0.5, 1000)) + sys.getsizeof(0.5)
+               + sys.getsizeof(1000) + 112)
 
 
 def _text(value: str) -> bytes:
@@ -65,12 +80,12 @@ def bypass_requested(headers: Mapping[str, str]) -> bool:
 
 
 class ScoreCache:
-    """An LRU map from pair digests to raw scores, at most ``max_bytes`` big."""
+    """An LRU map from pair digests to (raw score, tokens), at most ``max_bytes`` big."""
 
     def __init__(self, *, max_bytes: int, metrics: Metrics | None = None) -> None:
         self.max_bytes = max_bytes
         self.max_entries = max(1, max_bytes // ENTRY_BYTES)
-        self._entries: OrderedDict[bytes, float] = OrderedDict()
+        self._entries: OrderedDict[bytes, CachedScore] = OrderedDict()
         self._lock = threading.Lock()
         # Per loaded engine: the digest state of its identity, computed once.
         self._models: weakref.WeakKeyDictionary[Engine, hashlib.blake2b] = weakref.WeakKeyDictionary()
@@ -100,6 +115,12 @@ class ScoreCache:
             self._models[engine] = state
         return state
 
+    def _stable(self, engine: Engine) -> hashlib.blake2b:
+        # Shared by replicas: the model is its weights' fingerprint, the same in every process.
+        state = self._describe(engine)
+        state.update(b"fingerprint:" + (engine.fingerprint or b""))
+        return state
+
     @staticmethod
     def _describe(engine: Engine) -> hashlib.blake2b:
         model = engine.model
@@ -108,9 +129,12 @@ class ScoreCache:
         identity = (spec, model.family, model.backend, model.dtype_name, model.device, model.max_length)
         return hashlib.blake2b(repr(identity).encode("utf-8", "surrogatepass"), digest_size=_DIGEST)
 
-    def keys(self, engine: Engine, options: EncodeOptions, query: str, documents: Sequence[str]) -> list[bytes]:
-        """One digest per document of the request."""
-        base = self._model(engine).copy()
+    def keys(self, engine: Engine, options: EncodeOptions, query: str, documents: Sequence[str], *,
+             partition: str = "", stable: bool = False) -> list[bytes]:
+        """One digest per document of the request, in ``partition`` (whose cache: keys.py);
+        ``stable``: the digest replicas share (shared.py), for an engine with a fingerprint."""
+        base = self._stable(engine) if stable else self._model(engine).copy()
+        base.update(_text(partition))
         # A dataclass's repr names every field and its value: a field added to EncodeOptions joins
         # the key by itself.
         base.update(repr(options).encode("utf-8", "surrogatepass"))
@@ -123,9 +147,9 @@ class ScoreCache:
         return keys
 
     # -- lookups ---------------------------------------------------------------------------------
-    def get_many(self, keys: Sequence[bytes]) -> list[float | None]:
-        """The cached raw score of each key (None: not cached); hits become most recently used."""
-        out: list[float | None] = []
+    def get_many(self, keys: Sequence[bytes]) -> list[CachedScore | None]:
+        """The cached (raw score, tokens) of each key (None: not cached); hits become most recently used."""
+        out: list[CachedScore | None] = []
         with self._lock:
             entries = self._entries
             for key in keys:
@@ -135,8 +159,8 @@ class ScoreCache:
                 out.append(value)
         return out
 
-    def put_many(self, items: Sequence[tuple[bytes, float]]) -> None:
-        """Store raw scores; the least recently used entries make room."""
+    def put_many(self, items: Sequence[tuple[bytes, CachedScore]]) -> None:
+        """Store (raw score, tokens); the least recently used entries make room."""
         evicted = 0
         with self._lock:
             entries = self._entries

@@ -289,6 +289,10 @@ class Settings(BaseSettings):
 
     # --- limits ---------------------------------------------------------------------------
     max_documents: int = Field(1000, ge=1, description="Most documents in one request.")
+    max_request_tokens: int = Field(
+        0, ge=0, description="Most model tokens one request may cost, every window of a chunked document counted "
+        "(413 beyond); 0: MAX_DOCUMENTS x the model's window (what the largest request costs unchunked).",
+    )
     max_request_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Largest request body; larger ones get 413 before parsing."
     )
@@ -363,6 +367,35 @@ class Settings(BaseSettings):
     otlp_protocol: Literal["http/protobuf", "grpc"] = Field(
         "http/protobuf", description="OTLP transport for RERANKER_OTLP_ENDPOINT.",
     )
+
+    # --- state shared by replicas (shared.py) ------------------------------------------------
+    redis_url: str | None = Field(
+        None, description="Redis that replicas share key limits and cached scores through (needs "
+        "reranker-serve[redis]), e.g. redis://redis:6379/0; unset: each server its own.",
+    )
+    redis_prefix: str = Field("reranker-serve:", description="Prefix of every Redis key this service writes.")
+    redis_timeout: float = Field(
+        0.25, gt=0, le=30, description="Seconds a Redis call may take before the server falls back to local state.",
+    )
+    redis_cache_ttl: float = Field(
+        3600.0, gt=0, description="Seconds a score cached on Redis lives (bound its size with Redis's maxmemory).",
+    )
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _redis_url(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        if not value.strip():  # `RERANKER_REDIS_URL=` in a .env: no Redis
+            return None
+        url = value.strip()
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL, e.g. redis://127.0.0.1:6379/0")
+        try:
+            import redis  # noqa: F401
+        except ImportError:
+            raise ValueError("needs the redis package: pip install 'reranker-serve[redis]'") from None
+        return url
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod

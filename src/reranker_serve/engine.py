@@ -7,6 +7,7 @@ returns raw logits with token counts; the service turns those into ranked result
 from __future__ import annotations
 
 import math
+import struct
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -33,6 +34,9 @@ class EngineScores:
 
 
 _INLINE_TOKENIZE_CHARS = 4096
+# The document of the first pass (warm_up), whose exact logit (with the model's description,
+# cache.py) fingerprints the weights: any change of weights moves it.
+_PROBE = "the engine is warming up"
 # Below this (seconds per new batch shape) preparation is not worth a start-up sweep, whatever
 # the compute: timing noise on a busy machine is of this order.
 _NEGLIGIBLE_PREPARATION = 0.0005
@@ -84,6 +88,10 @@ class Engine:
         self.settings = settings
         self.spec = spec or settings.model_specs[0]
         self.load_seconds = load_seconds
+        # The exact logit of the probe pair (warm_up): the same weights give the same bytes in
+        # every replica, so the score cache on Redis can be shared by them (cache.py). None: not
+        # measured (an engine built around a model in tests), no shared cache for it.
+        self.fingerprint: bytes | None = None
         # On a GPU, and with a runner that computes asynchronously (OpenVINO), the batcher keeps
         # two batches in flight: launched, then collected. Not an asynchronous CPU runner beside
         # other models (a device lock): the lock would cover only the launch, and two models would
@@ -137,8 +145,8 @@ class Engine:
         activations the server will allocate, and each length's GEMM heuristics); on the CPU the
         batch shapes themselves, where a first sight of a shape costs preparation (``_warm_shapes``).
         """
-        pairs = self.model.encode("warm up", ["the engine is warming up"], self.encode_options())
-        self.model.forward(pairs)
+        pairs = self.model.encode("warm up", [_PROBE], self.encode_options())
+        self.fingerprint = struct.pack(f"<{len(pairs)}d", *self.model.forward(pairs))
         budget = self.settings.warmup_seconds
         if budget <= 0:
             return
@@ -225,15 +233,22 @@ class Engine:
 
     async def score(self, query: str, documents: Sequence[str], options: EncodeOptions, *,
                     priority: str = "interactive") -> EngineScores:
+        return await self.run(await self.encode(query, documents, options), len(documents), priority=priority)
+
+    async def encode(self, query: str, documents: Sequence[str], options: EncodeOptions) -> list[Pair]:
+        """The pairs of ``documents`` (several per chunked document; ``pair.doc`` says whose)."""
         if len(query) + sum(len(d) for d in documents) <= _INLINE_TOKENIZE_CHARS:
             # A few short texts tokenize in tens of microseconds: less than the hop to a thread.
-            pairs = self.model.encode(query, documents, options)
-        else:
-            pairs = await anyio.to_thread.run_sync(self.model.encode, query, documents, options)
+            return self.model.encode(query, documents, options)
+        return await anyio.to_thread.run_sync(self.model.encode, query, documents, options)
+
+    async def run(self, pairs: Sequence[Pair], documents: int, *, priority: str = "interactive") -> EngineScores:
+        """Queue ``pairs`` and return the raw score of each of the ``documents`` they belong to
+        (-inf for a document without pairs here)."""
         scored = await self.batcher.submit(pairs, timeout=self.settings.request_timeout, priority=priority)
         # A chunked document scores as its best window (the activation is monotonic, so the
         # best logit is the best score).
-        raw = [-math.inf] * len(documents)
+        raw = [-math.inf] * documents
         for pair, score in zip(pairs, scored.scores):
             raw[pair.doc] = max(raw[pair.doc], score)
         return EngineScores(

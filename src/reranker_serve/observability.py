@@ -87,6 +87,10 @@ class Metrics:
                                  multiprocess_mode="livesum")
         self.cache_entries = Gauge("reranker_cache_entries", "Scores held by the score cache", registry=r,
                                    multiprocess_mode="livesum")
+        # RERANKER_REDIS_URL (shared.py): operations that used local state because Redis could not be reached.
+        self.redis_fallbacks = Counter("reranker_redis_fallbacks", "Limit checks (limits) and cache lookups (cache) "
+                                       "that fell back to this server's own state: Redis unreachable", ["operation"],
+                                       registry=r)
 
     def exposition(self) -> bytes:
         """The Prometheus text of this process, or with several workers, of all of them."""

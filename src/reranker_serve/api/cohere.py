@@ -94,7 +94,7 @@ class CohereV1RerankRequest(_CohereRequest):
 
     def reply(self, result: RerankResult) -> CohereV1RerankResponse:
         return CohereV1RerankResponse.build(
-            self, result, ApiVersion(version="1"), usage=Usage(total_tokens=result.total_tokens),
+            self, result, ApiVersion(version="1"), usage=Usage.of(result),
             model=result.model,
         )
 

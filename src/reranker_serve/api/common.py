@@ -25,13 +25,14 @@ from fastapi.security import HTTPBearer
 
 from ..config import MAX_CHUNKS_PER_DOC
 from ..errors import ErrorKind, RerankError
+from ..keys import ApiKey
 from ..security import authenticate
 from ..service import RerankResult
 
 __all__ = [
     "NON_BLANK", "NON_EMPTY", "ErrorRenderer", "Instruction", "JsonInt", "MaxChunks", "ModelName", "RankedDocument",
     "Text", "TopN", "TextDocument", "Usage", "bearer_scheme", "describe_validation", "dialect_route", "document_texts",
-    "ranked_documents", "scrub_surrogates", "timing_headers",
+    "ranked_documents", "scrub_surrogates", "timing_headers", "PromptTokensDetails",
 ]
 
 ErrorRenderer = Callable[[RerankError], Response]
@@ -81,17 +82,17 @@ def describe_validation(errors: Sequence[dict[str, Any]]) -> str:
     return "; ".join(seen[:3]) + more
 
 
-def _check_api_key(request: Request) -> None:
-    """Who is calling (RERANKER_API_KEY / RERANKER_API_KEYS) and whether their request rate allows
-    this request; the key's name goes to request.state for limits, priorities, logs and metrics."""
+def _check_api_key(request: Request) -> ApiKey | None:
+    """Who is calling (RERANKER_API_KEY / RERANKER_API_KEYS); the key's name goes to
+    request.state for limits, priorities, logs and metrics. None: a server without keys."""
     keys = request.app.state.keys
     if not keys.enabled:
-        return
+        return None
     key = authenticate(keys, request.app.state.auth_throttle, authorization=request.headers.get("authorization", ""),
                        address=request.client.host if request.client else "")
     request.state.api_key = key
     request.state.key_name = key.name  # read by the access log and the metrics (the name, never the key)
-    request.app.state.limiter.check(key)
+    return key
 
 
 def _check_content_type(request: Request) -> None:
@@ -218,7 +219,9 @@ def dialect_route(render: ErrorRenderer) -> type[APIRoute]:
             async def route(request: Request) -> Response:
                 started = time.perf_counter()
                 try:
-                    _check_api_key(request)
+                    key = _check_api_key(request)
+                    if key is not None:  # its request rate, before the body is read
+                        await request.app.state.limits.admit(key)
                     _check_content_type(request)
                     # Read now (bounded), so only the disconnect is left to receive.
                     settings = request.app.state.settings
@@ -245,11 +248,13 @@ def dialect_route(render: ErrorRenderer) -> type[APIRoute]:
 
 
 def timing_headers(result: RerankResult) -> dict[str, str]:
-    """TEI's timing headers, in milliseconds (X-Total-Time is added by the route class)."""
+    """TEI's timing headers, in milliseconds (X-Total-Time is added by the route class), and the
+    tokens computed for this request (cache hits in the caller's own partition cost none, so
+    they say nothing about other tenants)."""
     return {
         "X-Queue-Time": f"{result.queue_time * 1000:.2f}",
         "X-Inference-Time": f"{result.inference_time * 1000:.2f}",
-        "X-Compute-Tokens": str(result.total_tokens),
+        "X-Compute-Tokens": str(result.usage.computed_tokens),
     }
 
 
@@ -317,8 +322,22 @@ Instruction = Annotated[
 ]
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = Field(description="Of total_tokens, those answered from the score cache (OpenAI's name).")
+
+
 class Usage(BaseModel):
-    total_tokens: int = Field(description="Tokens fed to the model for this request, special tokens included.")
+    """The usage object of the dialects that report one, built from ``RerankResult.usage``."""
+
+    total_tokens: int = Field(description="Tokens this request's pairs cost, every window and special token "
+                              "included, whether computed or answered from the cache.")
+    prompt_tokens_details: PromptTokensDetails
+
+    @classmethod
+    def of(cls, result: RerankResult) -> Usage:
+        usage = result.usage
+        return cls(total_tokens=usage.total_tokens,
+                   prompt_tokens_details=PromptTokensDetails(cached_tokens=usage.cached_tokens))
 
 
 class TextDocument(BaseModel):

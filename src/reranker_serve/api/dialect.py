@@ -45,12 +45,14 @@ _PRIORITIES = get_args(Priority)
 
 
 def _priority(header: str | None, key: ApiKey | None) -> Priority:
-    """X-Priority if sent, else the key's default, else interactive."""
+    """X-Priority if sent, else the key's default, else interactive. A header may lower a key's
+    priority, never raise it above the key's max_priority (keys.py): a tenant configured
+    ``batch`` cannot jump ahead of interactive tenants by asking."""
     if header is not None:
         value = header.strip().lower()
         if value not in _PRIORITIES:
             raise RerankError(ErrorKind.VALIDATION, f"X-Priority must be {' or '.join(_PRIORITIES)}, got {header!r}")
-        return value  # type: ignore[return-value]
+        return key.allowed_priority(value) if key is not None else value  # type: ignore[arg-type,return-value]
     return key.priority if key is not None else "interactive"
 
 
@@ -101,11 +103,9 @@ async def do_rerank(body: RerankRequest, reranker: Reranker, request: Request, r
         request.state.dialect = body.dialect_label
     query = body.to_query()
     key: ApiKey | None = getattr(request.state, "api_key", None)
-    if key is not None:
-        request.app.state.limiter.check(key, pairs=len(query.documents))
     priority = _priority(request.headers.get("x-priority"), key)
-    if priority != query.priority:
-        query = replace(query, priority=priority)
+    # The key: its cache partition, and the limits the request's work is charged to (service.py).
+    query = replace(query, priority=priority, tenant=key)
     if bypass_requested(request.headers):  # Cache-Control: no-cache / no-store (cache.py)
         query = replace(query, use_cache=False)
     result = await reranker.rerank(query)
@@ -114,6 +114,7 @@ async def do_rerank(body: RerankRequest, reranker: Reranker, request: Request, r
     if adjusted:
         logger.info("served {} adjusted: {}", request.url.path, "; ".join(adjusted))
         response.headers[ADJUSTED_HEADER] = "; ".join(adjusted)
+    response.headers["X-Priority"] = priority  # the priority it was served at (a header asking more is lowered)
     return body.reply(result)
 
 

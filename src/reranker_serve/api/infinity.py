@@ -38,7 +38,7 @@ class InfinityUsage(Usage):
 
     @classmethod
     def of(cls, result: RerankResult) -> InfinityUsage:
-        return cls(prompt_tokens=result.total_tokens, total_tokens=result.total_tokens)
+        return cls(prompt_tokens=result.usage.total_tokens, **Usage.of(result).model_dump())
 
 
 class InfinityRerankRequest(DialectRequest):

@@ -54,7 +54,7 @@ class JinaRerankRequest(DialectRequest):
         )
 
     def reply(self, result: RerankResult) -> JinaRerankResponse:
-        return JinaRerankResponse(model=result.model, usage=Usage(total_tokens=result.total_tokens),
+        return JinaRerankResponse(model=result.model, usage=Usage.of(result),
                                   results=ranked_documents(result))
 
 

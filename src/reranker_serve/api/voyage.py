@@ -54,7 +54,7 @@ class VoyageRerankRequest(DialectRequest):
     def reply(self, result: RerankResult) -> VoyageRerankResponse:
         return VoyageRerankResponse(
             data=[VoyageResult(relevance_score=r.score, index=r.index, document=r.document) for r in result.results],
-            model=result.model, usage=Usage(total_tokens=result.total_tokens),
+            model=result.model, usage=Usage.of(result),
         )
 
 
