@@ -67,6 +67,19 @@ def test_a_document_scores_as_its_best_window(client, reference, path, body_key)
             assert r.json()["usage"]["total_tokens"] == w.tokens(chunks)
 
 
+def test_every_window_of_a_long_document_is_scored(client, reference):
+    # Longer than one window's worth of characters (128 tokens x 32): text is cut before it is
+    # tokenized, and that cut must leave the text of every window a chunked request asks for.
+    doc = FILLER * 6 + "Paris is the capital and largest city of France."
+    assert len(doc) > 128 * 32
+    w = Windows(reference, QUERY, doc)
+    r = client.post("/rerank", json={"query": QUERY, "documents": [doc], "max_chunks_per_doc": 100,
+                                     "raw_scores": True})
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["total_tokens"] == w.tokens(100)
+    assert r.json()["results"][0]["relevance_score"] == pytest.approx(max(w.logits(100)), abs=1e-5)
+
+
 def test_relevant_text_past_the_first_window_changes_the_ranking(client, reference):
     tails = ["Paris is the capital of France.", "Berlin is the capital of Germany.", "The cat sat on the mat.",
              "Deep learning uses neural networks.", "Madrid is the capital of Spain."]

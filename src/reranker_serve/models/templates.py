@@ -119,7 +119,9 @@ def encode_pairs(template: PairTemplate | PromptTemplate, query: str, documents:
     """At least one pair per document (more when it is chunked), each naming its document."""
     chars = options.max_length * _CHARS_PER_TOKEN
     query = _cut_text(query, chars, "right")
-    texts = [_cut_text(d, chars, options.truncation_direction) for d in documents]
+    # A chunked document is scored over up to max_chunks windows: keep text for all of them.
+    doc_chars = chars * max(1, options.max_chunks)
+    texts = [_cut_text(d, doc_chars, options.truncation_direction) for d in documents]
     pairs = []
     for index, layout in enumerate(template.layouts(query, texts, options.instruction)):
         for q, d in fit(layout.query, layout.doc, layout.fixed, options):
