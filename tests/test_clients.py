@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from typing import Any
 
 import pytest
@@ -322,6 +323,15 @@ def test_metrics_label_the_new_dialects(single):
     single.client.post("/v1/reranking", json={"query": QUERY, "input": DOCS[:1]})
     single.client.post("/v1/rerank", json={"query": QUERY, "documents": DOCS[:1], "top_k": 1})
     single.client.post("/infinity/rerank", json={"query": QUERY, "documents": DOCS[:1]})
+    single.client.post("/v1/retrieval/nvidia/nv-rerankqa-mistral-4b-v3/reranking",
+                       json={"query": {"text": QUERY}, "passages": [{"text": DOCS[0]}]})
     text = single.client.get("/metrics").text
     for label in ("nim", "mixedbread", "voyage", "infinity"):
         assert f'dialect="{label}"' in text, label
+    # Each route by its own label (a template for a path with a parameter: bounded label values),
+    # not "other", and each in the latency histogram.
+    for dialect, route in (("nim", "/v1/ranking"), ("nim", "/v1/retrieval/{model}/reranking"),
+                           ("mixedbread", "/v1/reranking"), ("voyage", "/v1/rerank"), ("infinity", "/infinity/rerank")):
+        assert re.search(rf'reranker_requests_total\{{dialect="{dialect}",key="",route="{re.escape(route)}",'
+                         r'status="200"\} [1-9]', text), (dialect, route)
+        assert re.search(rf'reranker_request_duration_seconds_count\{{dialect="{dialect}"\}} [1-9]', text), dialect

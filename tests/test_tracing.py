@@ -82,6 +82,20 @@ def test_a_request_answered_from_the_cache_has_no_engine_spans(traced):
     assert root.attributes["reranker.dialect"] == "tei" and root.attributes["reranker.cache.hits"] == 1
 
 
+def test_a_route_with_a_path_parameter_is_traced_as_its_template(traced):
+    # NIM's /v1/retrieval/{model}/reranking: matched as the router matches, labelled by its template.
+    srv, exporter = traced
+    exporter.clear()
+    r = srv.client.post("/v1/retrieval/nvidia/llama-3.2-nv-rerankqa-1b-v2/reranking",
+                        json={"query": {"text": QUERY}, "passages": [{"text": d} for d in DOCS]},
+                        headers={"X-Request-ID": "trace-nim", "Cache-Control": "no-cache"})  # every phase runs
+    assert r.status_code == 200, r.text
+    root, children = request_spans(exporter, "trace-nim")
+    assert root.attributes["http.route"] == "/v1/retrieval/{model}/reranking"
+    assert root.attributes["reranker.dialect"] == "nim"
+    assert sorted(children) == sorted(CHILDREN)
+
+
 def test_failed_requests_and_other_routes(traced):
     srv, exporter = traced
     exporter.clear()

@@ -147,7 +147,9 @@ def serve_metrics(*, host: str, port: int, registry: Any) -> Any:
 
 # -- request context ----------------------------------------------------------------------------
 _PROBES = frozenset({"/health", "/ready", "/metrics"})
-_DIALECTS = {"/rerank": "native", "/v1/rerank": "cohere-v1", "/v2/rerank": "cohere-v2", "/api/v1/rerank": "jina"}
+# Routes labelled by their own path; a rerank route labels itself (api/common.dialect_route sets
+# the scope state's "route" and "dialect"), every other path is "other" (bounded label values).
+_SYSTEM_ROUTES = frozenset({"/health", "/ready", "/info", "/metrics", "/v1/models"})
 
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@~-]{1,128}")
@@ -191,11 +193,12 @@ class RequestContextMiddleware:
             finally:
                 elapsed = time.perf_counter() - started
                 path = scope.get("path", "")
-                route = path if path in _DIALECTS or path in ("/health", "/ready", "/info", "/metrics") else "other"
-                dialect = state.get("dialect") or _DIALECTS.get(path, "system")
+                rerank_route = state.get("route")
+                route = rerank_route or (path if path in _SYSTEM_ROUTES else "other")
+                dialect = state.get("dialect") or "system"
                 key = state.get("key_name") or ""  # a key's name (RERANKER_API_KEYS), never the key
                 self.metrics.requests.labels(dialect, route, str(status), key).inc()
-                if route in _DIALECTS:
+                if rerank_route:
                     self.metrics.latency.labels(dialect).observe(elapsed)
                     if status == 401:
                         self.metrics.auth_failures.labels(dialect).inc()

@@ -38,10 +38,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Collection
 from urllib.parse import urlsplit
 
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
-from .observability import _DIALECTS
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
@@ -171,11 +171,12 @@ class RequestSpans:
     def __init__(self, app: ASGIApp, *, tracing: Tracing, paths: Collection[str]) -> None:
         self.app = app
         self.tracing = tracing
-        self.paths = frozenset(paths)
+        # Route templates (NIM's /v1/retrieval/{model}/reranking) matched as the router does.
+        self.routes = [compile_path(path)[0] for path in paths]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or path not in self.paths:
+        if scope["type"] != "http" or not any(route.match(path) for route in self.routes):
             await self.app(scope, receive, send)
             return
         t = self.tracing
@@ -206,7 +207,9 @@ class RequestSpans:
         finally:
             t._context.detach(token)
             span.set_attribute("http.response.status_code", status)
-            span.set_attribute("reranker.dialect", state.get("dialect") or _DIALECTS.get(path, path))
+            # The matched route and its dialect, as the route recorded them (api/common.dialect_route).
+            span.set_attribute("http.route", state.get("route", path))
+            span.set_attribute("reranker.dialect", state.get("dialect", path))
             if status >= 500:  # server spans: only 5xx is an error (HTTP semantic conventions)
                 span.set_status(t._error)
             span.end()

@@ -195,7 +195,8 @@ V1RerankBody = Annotated[
 
 dialect = CohereDialect(tags=["Cohere"])
 dialect.rerank_route("/v1/rerank", request=V1RerankBody, reply=CohereV1RerankResponse | VoyageRerankResponse,
+                     label="cohere-v1",
                      summary="Rerank documents (Cohere v1, Jina-shaped clients; Voyage's when the body has "
                      "`top_k` or `truncation`)")
-dialect.rerank_route("/v2/rerank", request=CohereV2RerankRequest, reply=CohereV2RerankResponse,
+dialect.rerank_route("/v2/rerank", request=CohereV2RerankRequest, reply=CohereV2RerankResponse, label="cohere-v2",
                      summary="Rerank documents (Cohere v2)")

@@ -12,7 +12,7 @@ import json
 import sys
 import time
 import re
-from typing import Annotated, Any, Awaitable, Callable, Sequence
+from typing import Annotated, Any, Awaitable, Callable, Mapping, Sequence
 
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -209,15 +209,19 @@ async def _cancel_on_disconnect(request: Request, work: Awaitable[Response]) -> 
     return task.result()
 
 
-def dialect_route(render: ErrorRenderer) -> type[APIRoute]:
-    """A route class whose errors, all of them, come out in one dialect's shape."""
+def dialect_route(render: ErrorRenderer, *, labels: Mapping[str, str]) -> type[APIRoute]:
+    """A route class whose errors, all of them, come out in one dialect's shape; it records the
+    matched route and its dialect label for the access log, metrics and traces
+    (observability.RequestContextMiddleware, tracing.RequestSpans)."""
 
     class DialectRoute(APIRoute):
         def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
             handler = super().get_route_handler()
+            label, template = labels[self.path], self.path_format
 
             async def route(request: Request) -> Response:
                 started = time.perf_counter()
+                request.state.route, request.state.dialect = template, label
                 try:
                     key = _check_api_key(request)
                     if key is not None:  # its request rate, before the body is read

@@ -128,7 +128,10 @@ class Dialect:
     prefixes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, *, tags: Sequence[str]) -> None:
-        self.router = APIRouter(route_class=dialect_route(self.render), tags=list(tags))
+        # The metrics/log/trace label of each route, read by the route class as a request enters
+        # (before its body, so a 401 or a 400 is labelled too); a body may refine it (TEI on /rerank).
+        self.labels: dict[str, str] = {}
+        self.router = APIRouter(route_class=dialect_route(self.render, labels=self.labels), tags=list(tags))
         self.paths: list[str] = []
 
     # -- what a dialect says ---------------------------------------------------------------------
@@ -165,8 +168,9 @@ class Dialect:
                 for status in [s for s in responses if s.isdigit() and int(s) >= 400 and s not in answered]:
                     del responses[status]
 
-    def rerank_route(self, path: str, *, request: Any, reply: Any, summary: str) -> None:
-        """Add ``POST path``: parse ``request``, rank, answer ``reply`` — via ``do_rerank``."""
+    def rerank_route(self, path: str, *, request: Any, reply: Any, summary: str, label: str | None = None) -> None:
+        """Add ``POST path``: parse ``request``, rank, answer ``reply`` — via ``do_rerank``.
+        ``label`` names the route's dialect in metrics, logs and traces (default: ``name``)."""
 
         async def endpoint(body: Any, reranker: Any, request: Request, response: Response, **_path: str) -> Any:
             return await do_rerank(body, reranker, request, response)
@@ -197,6 +201,7 @@ class Dialect:
             *path_params,
         ], return_annotation=reply)
         endpoint.__name__ = "_".join(["rerank", self.name, *re.findall(r"\w+", path)])
+        self.labels[path] = label or self.name  # before the route exists: its class reads it
         self.router.add_api_route(
             path, endpoint, methods=["POST"], response_model=reply, response_model_exclude_none=True,
             responses={s: {"model": self.error_model} for s in self.statuses()}, summary=summary,

@@ -160,5 +160,5 @@ RerankBody = Annotated[
 dialect = TEIDialect(tags=["native / TEI"])
 dialect.rerank_route(
     "/rerank", request=RerankBody, reply=NativeRerankResponse | list[TEIRank],
-    summary="Rerank documents (native shape, or TEI's when the body has `texts`)",
+    summary="Rerank documents (native shape, or TEI's when the body has `texts`)", label="native",
 )
