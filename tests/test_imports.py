@@ -28,7 +28,7 @@ LAZY_DEPENDENCIES = {
     "transformers": "seconds to import; loaded only when a model is",
     "sentence_transformers": "seconds to import; loaded only when a cross-encoder is",
     "huggingface_hub": "imported when the hub is used, not by --help",
-    "torch": "the download CLI and device probes import it only when they need it",
+    "torch": "device probes import its optional submodules only where they exist",
     "uvicorn": "the CLI validates its arguments before importing the server",
     "starlette": "ray: built inside the worker process",
     "prometheus_client": "multiprocess mode is chosen at run time (its import reads the environment)",
