@@ -20,6 +20,13 @@ class FakeModel:
     device = "cpu"
     dtype_name = "float32"
     max_length = 512
+    backend = "torch"
+    backend_note = ""
+    attention = "padded"
+    attention_note = ""
+    padded = True
+    asynchronous = False
+    launch = None  # only the blocking forward (subclasses that pipeline define launch)
 
     def __init__(self, *, delay: float = 0.0, fail_on: int | None = None, oom_above: int | None = None) -> None:
         self.batches: list[list[Pair]] = []

@@ -11,7 +11,7 @@ from reranker_serve.config import Settings
 from reranker_serve.device import Placement
 from reranker_serve.errors import ModelLoadError
 from reranker_serve.models import EncodeOptions, load_model
-from reranker_serve.models import openvino as ov_backend
+from reranker_serve.models import encoder as ov_policy  # use_openvino: the OpenVINO fallback policy
 
 
 def spec(folder, **options):
@@ -43,7 +43,7 @@ def test_auto_falls_back_to_torch_when_conversion_fails(tiny_model, monkeypatch)
     def broken(*args, **kwargs):
         raise RuntimeError("unsupported operation aten::frobnicate")
 
-    monkeypatch.setattr(ov_backend, "to_openvino", broken)
+    monkeypatch.setattr(ov_policy, "to_openvino", broken)
     model = load_model(spec(tiny_model), Placement("cpu", torch.bfloat16))
     assert (model.backend, model.dtype_name) == ("torch", "bfloat16")
     with pytest.raises(ModelLoadError, match="aten::frobnicate"):

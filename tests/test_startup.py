@@ -239,7 +239,7 @@ def test_the_reloader_keeps_the_request_id_column(tmp_path, tiny_model):
 def test_download_progress_is_log_lines_off_a_terminal(monkeypatch, tmp_path):
     from loguru import logger
 
-    from reranker_serve import download
+    from reranker_serve import hub
 
     seen: dict[str, object] = {}
 
@@ -257,16 +257,16 @@ def test_download_progress_is_log_lines_off_a_terminal(monkeypatch, tmp_path):
 
     import huggingface_hub
 
-    monkeypatch.setattr(download, "probe_hub", lambda: None)
+    monkeypatch.setattr(hub, "probe_hub", lambda: None)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
     monkeypatch.setattr(huggingface_hub, "HfApi", Api)
     lines: list[str] = []
     sink = logger.add(lambda m: lines.append(m.record["message"]), level="INFO")
     try:
-        download.fetch("org/model", cache_dir=tmp_path, progress="log")
+        hub.fetch("org/model", cache_dir=tmp_path, progress="log")
     finally:
         logger.remove(sink)
-    assert seen["tqdm_class"] is download.LoggedProgress
+    assert seen["tqdm_class"] is hub.LoggedProgress
     assert "*.safetensors" in seen["allow_patterns"]
     assert any(line.startswith("Fetching weights: 1.05MB of 3.15MB (33%) after ") for line in lines), lines
     assert any(line.startswith("Fetching weights: 3.15MB of 3.15MB (100%)") for line in lines), lines

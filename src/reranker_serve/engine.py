@@ -96,8 +96,8 @@ class Engine:
         # two batches in flight: launched, then collected. Not an asynchronous CPU runner beside
         # other models (a device lock): the lock would cover only the launch, and two models would
         # compute at once on the same cores; synchronous passes hold it to the end.
-        asynchronous = model.device.startswith("cuda") or (getattr(model, "asynchronous", False) and device_lock is None)
-        launch = getattr(model, "launch", None) if asynchronous else None
+        asynchronous = model.device.startswith("cuda") or (model.asynchronous and device_lock is None)
+        launch = model.launch if asynchronous else None
         self.batcher = Batcher(
             _serialised(model.forward, device_lock),
             launch=_serialised(launch, device_lock) if launch is not None else None,
@@ -107,7 +107,7 @@ class Engine:
             ahead_below=None if model.device.startswith("cuda") else _LAUNCH_AHEAD_BELOW,
             max_batch_tokens=self.spec.max_batch_tokens or default_batch_tokens(model.device),
             max_batch_size=self.spec.batch_size or default_batch_size(model.device),
-            padded=getattr(model, "padded", True),
+            padded=model.padded,
             max_queue=self.spec.max_queue,
             batch_wait=settings.batch_wait_ms / 1000.0,
             is_oom=_is_oom,
@@ -133,7 +133,7 @@ class Engine:
         logger.info(
             "{} ready in {:.1f} s: {} reranker on {} ({}, {}, {} attention), max_length {}",
             model.name, engine.load_seconds, model.family, model.device, model.dtype_name, model.backend,
-            getattr(model, "attention", "padded"), model.max_length,
+            model.attention, model.max_length,
         )
         return engine
 
@@ -184,7 +184,7 @@ class Engine:
         does every length get its full batch (length x the budget's pair cap), shortest first,
         within ``budget`` seconds.
         """
-        if not getattr(self.model, "padded", True):
+        if not self.model.padded:
             return  # packed batches are one (1, tokens) sequence: no fixed set of shapes to warm
         full = self.model.encode("warm up", [text], self.encode_options())[0]
         if full.shared or full.before_doc or full.after_doc:

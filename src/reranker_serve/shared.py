@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING, Sequence
 
 from loguru import logger
 
+from .cache import CachedScore
 from .keys import Bucket
 
 if TYPE_CHECKING:
-    from .cache import CachedScore
     from .observability import Metrics
 
 __all__ = ["SharedState"]
@@ -155,8 +155,6 @@ class SharedState:
     async def get_scores(self, digests: Sequence[bytes]) -> list[CachedScore | None] | None:
         """The cached (score, tokens) of each digest (None: not there); None when Redis cannot
         be reached."""
-        from .cache import CachedScore
-
         if not digests or not self._available("cache"):
             return None
         try:

@@ -81,6 +81,17 @@ class ScoringModel(Protocol):
     dtype_name: str
     max_length: int  # most tokens per pair the model accepts (positions)
     takes_instruction: bool  # whether EncodeOptions.instruction means anything to it
+    attention: str  # padded or unpadded: how its forward pass lays out a batch (/info, the log)
+    attention_note: str  # why this attention path (start-up self-check, setting, device; "" if none)
+    # Whether batches are padded to (pairs, longest): the batcher sorts by length and warm-up
+    # visits the shapes. False: packed into one sequence, where padding costs nothing.
+    padded: bool
+    # Whether its runner computes behind ``launch`` on the CPU too (OpenVINO): the batcher may
+    # then keep two batches in flight there. (On CUDA every launch is asynchronous.)
+    asynchronous: bool
+    # Start a forward pass and return at once; the raw scores come from ``Pending.result()``.
+    # None: the model has only the blocking ``forward``, and the batcher runs one batch at a time.
+    launch: Callable[[Sequence[Pair]], Pending] | None
 
     def encode(self, query: str, documents: Sequence[str], options: EncodeOptions) -> list[Pair]:
         """At least one pair per document, each naming its document in ``Pair.doc``."""

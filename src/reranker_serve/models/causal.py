@@ -26,7 +26,7 @@ a start-up self-check agrees with the padded path (choice.py).
 from __future__ import annotations
 
 import inspect
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -34,11 +34,11 @@ from ..config import ModelSpec
 from ..device import Placement, sdpa_backends
 from ..families import Family
 from .base import EncodeOptions, Pair, Pending, pad, sigmoid
+from .hf import pad_id_of, window_limit
 from .architectures import attn_implementation
 from .attention import Kernel, torch_varlen_available
 from .choice import CHECK_DOCUMENTS, compare, plan_attention, settle
 from .prefix import last_hidden, mark_shared, packed_last_hidden
-from .encoder import pad_id_of, window_limit
 from .templates import (
     FLAG_LLM_PROMPT, PromptTemplate, encode_pairs, flag_llm_template, mxbai_v2_template, qwen3_template, rust_tokenizer,
 )
@@ -64,6 +64,13 @@ class PromptedLM:
     backend = "torch"
     backend_note = ""
     takes_instruction = True
+    # ScoringModel's defaults for a decoder: padded, synchronous on the CPU, no launch (the
+    # layer-wise rerankers have only ``forward``); CausalLMReranker overrides them.
+    attention = "padded"
+    attention_note = ""
+    padded = True
+    asynchronous = False
+    launch: Callable[[Sequence[Pair]], Pending] | None = None
 
     def __init__(self, model: Any, hf_tokenizer: Any, *, name: str, family: str, max_length: int,
                  template: PromptTemplate) -> None:
@@ -99,7 +106,6 @@ class CausalLMReranker(PromptedLM):
         self._decoder = decoder
         # Unpadded (packed, causal varlen) when a kernel is set: see choose_causal_attention.
         self.kernel: Kernel | None = None
-        self.attention_note = ""
         self.unpadded_support = None if separable else f"no unpadded path for {type(model).__name__}"
 
     @property
@@ -115,7 +121,7 @@ class CausalLMReranker(PromptedLM):
         return mark_shared(pairs) if self.share_prefix else pairs
 
     @torch.inference_mode()
-    def launch(self, batch: Sequence[Pair]) -> Pending:
+    def launch(self, batch: Sequence[Pair]) -> Pending:  # type: ignore[override]  # PromptedLM: None
         with sdpa_backends(self.device):
             if self.kernel is not None and min(len(p) for p in batch) > 1:
                 hidden = packed_last_hidden(self._decoder, batch, kernel=self.kernel, device=self.device)

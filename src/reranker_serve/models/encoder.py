@@ -19,35 +19,20 @@ from loguru import logger
 
 from ..config import ModelSpec
 from ..device import Placement
+from ..errors import ModelLoadError
 from ..families import Family
 from .architectures import attn_implementation
 from .attention import Kernel, torch_varlen_available
 from .choice import CHECK_DOCUMENTS, compare, plan_attention, settle
 from .base import EncodeOptions, Pair, Pending, sigmoid
+from .hf import pad_id_of, window_limit
+from .openvino import to_openvino
 from .runners import POSITION_OFFSET_MODELS, Feed, PaddedRunner, Runner, UnpaddedRunner, unpadded_head
 from .templates import PairTemplate, PromptTemplate, encode_pairs, qwen3_template, rust_tokenizer
 
 __all__ = [
-    "SequenceClassificationReranker", "apply_attention", "choose_attention", "load_sequence_classifier", "window_limit",
+    "SequenceClassificationReranker", "apply_attention", "choose_attention", "load_sequence_classifier", "use_openvino",
 ]
-
-
-def window_limit(config: Any, hf_tokenizer: Any, requested: int) -> int:
-    """Most tokens per pair: the setting, capped by the model's positions and the tokenizer's limit."""
-    limit = int(getattr(config, "max_position_embeddings", requested) or requested)
-    if config.model_type in POSITION_OFFSET_MODELS:
-        limit -= int(config.pad_token_id or 0) + 1
-    tok_limit = getattr(hf_tokenizer, "model_max_length", None)
-    if isinstance(tok_limit, int) and 0 < tok_limit < 1_000_000:
-        limit = min(limit, tok_limit)
-    return min(requested, limit)
-
-
-def pad_id_of(hf_tokenizer: Any, config: Any) -> int:
-    for candidate in (hf_tokenizer.pad_token_id, getattr(config, "pad_token_id", None), hf_tokenizer.eos_token_id):
-        if candidate is not None:
-            return int(candidate)
-    return 0
 
 
 def feed_of(model: Any, hf_tokenizer: Any, template: PairTemplate | PromptTemplate) -> Feed:
@@ -141,6 +126,42 @@ def choose_attention(reranker: SequenceClassificationReranker, model: Any, feed:
     apply_attention(reranker, model, feed, kernel=kernel, required=setting == "unpadded")
 
 
+def use_openvino(reranker: SequenceClassificationReranker, model: Any, feed: Feed, *, spec: ModelSpec,
+                 dtype: torch.dtype) -> None:
+    """Give ``reranker`` an OpenVINO runner if it scores the start-up check batch as torch does.
+
+    The check batch holds pairs of very different lengths (padding longer than a local-attention
+    window included), computed by torch in float32 and by the converted model in ``dtype``;
+    they must agree within ``dtype``'s tolerance. A model that does not convert or does not agree
+    serves on torch, and the log and /info (``backend_note``) say why; with
+    RERANKER_BACKEND=openvino the start fails instead.
+    """
+    try:
+        candidate = to_openvino(model, feed, dtype=dtype, threads=torch.get_num_threads(), name=spec.name)
+    except Exception as exc:
+        if spec.backend == "openvino":
+            raise
+        failure = f"it could not convert the model ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+    else:
+        pairs = reranker.encode("which backend scores pairs exactly", CHECK_DOCUMENTS,
+                                EncodeOptions(max_length=reranker.max_length))
+        exact = PaddedRunner(model, feed)
+        failure = compare(lambda: exact.logits(pairs), lambda: candidate.logits(pairs), dtype=dtype, device="cpu",
+                          against="torch (float32)")
+        if failure is None:
+            reranker.runner = candidate
+            reranker.attention_note = "padded (OpenVINO)"
+            reranker.backend_note = "openvino: its start-up check agreed with torch"
+            return
+        failure = f"its start-up check failed: {failure}"
+        if spec.backend == "openvino":
+            raise ModelLoadError(f"RERANKER_BACKEND=openvino: {spec.name}: {failure}; use RERANKER_BACKEND=torch or auto")
+    # auto: a model OpenVINO cannot run exactly still serves, through torch.
+    logger.warning("OpenVINO: {} for {}; serving it with torch", failure, spec.name)
+    reranker.backend_note = f"torch: OpenVINO {failure}"
+    reranker.runner = PaddedRunner(model.to(dtype), feed)
+
+
 def load_sequence_classifier(spec: ModelSpec, *, family: Family, placement: Placement,
                              backend: str) -> SequenceClassificationReranker:
     # Imported here, not at module import: importing sentence-transformers costs seconds, and
@@ -173,8 +194,6 @@ def load_sequence_classifier(spec: ModelSpec, *, family: Family, placement: Plac
     reranker = SequenceClassificationReranker(PaddedRunner(model, feed), model.config, hf_tokenizer, name=spec.name,
                                               family=family.name, max_length=spec.max_length, template=template)
     if backend == "openvino":
-        from .openvino import use_openvino
-
         use_openvino(reranker, model, feed, spec=spec, dtype=placement.dtype)
     elif family.unpadded:
         choose_attention(reranker, model, feed, setting=spec.attention)

@@ -1,7 +1,8 @@
 """OpenVINO runtime for cross-encoders on the CPU (RERANKER_BACKEND=auto|openvino).
 
 The same model, tokenization and scores as the torch path (encoder.py), with the forward pass
-run by OpenVINO (a ``Runner`` the reranker holds): converted once at start-up from the loaded transformers model, compiled for
+run by OpenVINO (a ``Runner`` the reranker holds; whether it serves, after its start-up check
+against torch, is decided beside the attention choice in encoder.py's ``use_openvino``): converted once at start-up from the loaded transformers model, compiled for
 the CPU in the placement's precision (bf16 where the CPU has bf16 hardware, else f32). On a
 2-core AVX512-BF16 machine it ran bge-reranker-base 1.4x faster than torch bf16 at the same
 drift, mostly from fused attention (docs/benchmarks.md).
@@ -25,14 +26,10 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from loguru import logger
 
-from ..config import ModelSpec
-from ..errors import ModelLoadError
-from .base import EncodeOptions, Pair
-from .choice import CHECK_DOCUMENTS, compare
-from .encoder import SequenceClassificationReranker
-from .runners import Feed, PaddedRunner, Runner, padded_inputs
+from .base import Pair
+from .runners import Feed, Runner, padded_inputs
 
-__all__ = ["OpenVINORunner", "openvino_available", "to_openvino", "use_openvino"]
+__all__ = ["OpenVINORunner", "openvino_available", "to_openvino"]
 
 _PRECISION = {torch.bfloat16: "bf16", torch.float16: "f16", torch.float32: "f32"}
 
@@ -180,39 +177,3 @@ def to_openvino(model: Any, feed: Feed, *, dtype: torch.dtype, threads: int, nam
     logger.info("converted {} to OpenVINO ({}) in {:.1f} s", name, config["INFERENCE_PRECISION_HINT"],
                 time.perf_counter() - started)
     return OpenVINORunner(compiled, feed, dtype=dtype)
-
-
-def use_openvino(reranker: SequenceClassificationReranker, model: Any, feed: Feed, *, spec: ModelSpec,
-                 dtype: torch.dtype) -> None:
-    """Give ``reranker`` an OpenVINO runner if it scores the start-up check batch as torch does.
-
-    The check batch holds pairs of very different lengths (padding longer than a local-attention
-    window included), computed by torch in float32 and by the converted model in ``dtype``;
-    they must agree within ``dtype``'s tolerance. A model that does not convert or does not agree
-    serves on torch, and the log and /info (``backend_note``) say why; with
-    RERANKER_BACKEND=openvino the start fails instead.
-    """
-    try:
-        candidate = to_openvino(model, feed, dtype=dtype, threads=torch.get_num_threads(), name=spec.name)
-    except Exception as exc:
-        if spec.backend == "openvino":
-            raise
-        failure = f"it could not convert the model ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
-    else:
-        pairs = reranker.encode("which backend scores pairs exactly", CHECK_DOCUMENTS,
-                                EncodeOptions(max_length=reranker.max_length))
-        exact = PaddedRunner(model, feed)
-        failure = compare(lambda: exact.logits(pairs), lambda: candidate.logits(pairs), dtype=dtype, device="cpu",
-                          against="torch (float32)")
-        if failure is None:
-            reranker.runner = candidate
-            reranker.attention_note = "padded (OpenVINO)"
-            reranker.backend_note = "openvino: its start-up check agreed with torch"
-            return
-        failure = f"its start-up check failed: {failure}"
-        if spec.backend == "openvino":
-            raise ModelLoadError(f"RERANKER_BACKEND=openvino: {spec.name}: {failure}; use RERANKER_BACKEND=torch or auto")
-    # auto: a model OpenVINO cannot run exactly still serves, through torch.
-    logger.warning("OpenVINO: {} for {}; serving it with torch", failure, spec.name)
-    reranker.backend_note = f"torch: OpenVINO {failure}"
-    reranker.runner = PaddedRunner(model.to(dtype), feed)
