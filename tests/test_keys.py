@@ -135,15 +135,21 @@ def test_limits_hold_across_the_worker_processes(tmp_path, tiny_model):
         while log.read_text().count(" ready in ") < 2:
             assert time.monotonic() < deadline, "the second worker never loaded its model"
             time.sleep(0.2)
+        def workers() -> set[int]:
+            records = [json.loads(line) for line in log.read_text().splitlines() if line.strip().startswith("{")]
+            return {r["pid"] for r in records if r.get("access") and r["message"].startswith("POST /rerank")}
+
         statuses = []
-        for _ in range(12):  # a new connection each: the kernel spreads them over both workers
+        # A new connection each: the kernel hands them to whichever worker is accepting, so on a
+        # loaded machine one worker may take a long run of them; go on (bounded) until both have
+        # answered some. The bucket refills one request per 100 s: far longer than this loop.
+        while len(statuses) < 12 or (len(workers()) < 2 and len(statuses) < 60):
             with httpx.Client() as fresh:
                 statuses.append(fresh.post(f"{base}/rerank", json=BODY, headers=bearer("sk-workers-key-1")).status_code)
-    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip().startswith("{")]
-    workers = {r["pid"] for r in records if r.get("access") and r["message"].startswith("POST /rerank")}
-    assert len(workers) == 2, "the requests did not reach both workers"
+        answered_by = workers()
+    assert len(answered_by) == 2, "the requests did not reach both workers"
     # Without a shared bucket each worker would admit its own 3.
-    assert sorted(statuses) == [200] * 3 + [429] * 9, statuses
+    assert sorted(statuses) == [200] * 3 + [429] * (len(statuses) - 3), statuses
 
 
 def test_a_keys_batch_priority_lets_interactive_requests_pass_its_flood(tiny_model):
