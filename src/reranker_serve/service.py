@@ -217,12 +217,10 @@ class Reranker:
         n = len(q.documents)
         if cache is None:
             pairs = await engine.encode(q.query, q.documents, options)
-            tokens = [0] * n
-            for pair in pairs:
-                tokens[pair.doc] += len(pair)
-            await self._admit(engine, q, total=sum(tokens), pairs=len(pairs), tokens=sum(tokens))
+            total = sum(len(pair) for pair in pairs)
+            await self._admit(engine, q, total=total, pairs=len(pairs), tokens=total)
             computed = await self._engine_score(engine, pairs, n, priority=q.priority)
-            return _Scores(raw=computed.raw, usage=TokenUsage(sum(tokens)), timing=computed.timing)
+            return _Scores(raw=computed.raw, usage=TokenUsage(total), timing=computed.timing)
         partition = q.tenant.cache_partition if q.tenant is not None else ""
         keys = cache.keys(engine, options, q.query, q.documents, partition=partition)
         cached = cache.get_many(keys)
@@ -270,10 +268,10 @@ class Reranker:
         computed_tokens, timing = 0, None
         while mine or theirs:
             if mine:
-                computed = await self._compute(cache, engine, q, mine, by_key, stable)
+                values, computed = await self._compute(cache, engine, q, mine, by_key, cost, stable)
                 computed_tokens += computed.usage.total_tokens
                 timing = timing or computed.timing
-                fresh.update(zip(mine, (CachedScore(raw, cost[key]) for key, raw in zip(mine, computed.raw))))
+                fresh.update(zip(mine, values))
             waiting, theirs, mine = theirs, {}, []
             for key, future in waiting.items():
                 try:
@@ -304,9 +302,11 @@ class Reranker:
             await self.limits.charge(q.tenant, pairs=pairs, tokens=tokens)
 
     async def _compute(self, cache: ScoreCache, engine: Engine, q: RerankQuery, keys: list[bytes],
-                       by_key: dict[bytes, list[Pair]], stable: dict[bytes, bytes]) -> _Scores:
-        """Score the documents of ``keys`` (their pairs in ``by_key``), announcing them as in
-        flight meanwhile; cache their scores (locally, and on Redis where ``stable`` maps them)."""
+                       by_key: dict[bytes, list[Pair]], cost: dict[bytes, int],
+                       stable: dict[bytes, bytes]) -> tuple[list[CachedScore], _Scores]:
+        """Score the documents of ``keys`` (their pairs in ``by_key``, their tokens in ``cost``),
+        announcing them as in flight meanwhile; cache their scores (locally, and on Redis where
+        ``stable`` maps them). Returns the scores as cached, and the engine call."""
         loop = asyncio.get_running_loop()
         owned = {key: loop.create_future() for key in keys}
         inflight = self._inflight[q.priority]
@@ -323,7 +323,7 @@ class Reranker:
             for key, future in owned.items():
                 if inflight.get(key) is future:
                     del inflight[key]
-        values = [CachedScore(raw, sum(len(p) for p in by_key[key])) for key, raw in zip(keys, computed.raw)]
+        values = [CachedScore(raw, cost[key]) for key, raw in zip(keys, computed.raw)]
         for future, value in zip(owned.values(), values):
             future.set_result(value)
         # Non-finite scores are an error the service reports; they are not kept.
@@ -331,7 +331,7 @@ class Reranker:
         cache.put_many(kept)
         if self.shared is not None and stable:
             await self.shared.put_scores([(stable[key], value) for key, value in kept if key in stable])
-        return computed
+        return values, computed
 
     @staticmethod
     async def _engine_score(engine: Engine, pairs: Sequence[Pair], documents: int, *, priority: str) -> _Scores:

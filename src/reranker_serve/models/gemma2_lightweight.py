@@ -25,6 +25,8 @@ import torch
 from loguru import logger
 from torch import nn
 
+from .hf import ScoreHead
+
 __all__ = ["CostWiseGemma", "compress_tokens", "cost_wise_config"]
 
 _REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
@@ -99,12 +101,6 @@ class _Decoder(nn.Module):
         self.rotary_emb = Gemma2RotaryEmbedding(config=config)
 
 
-class _Head(nn.Module):
-    def __init__(self, hidden: int) -> None:
-        super().__init__()
-        self.linear_head = nn.Linear(hidden, 1, bias=False)
-
-
 def _pretrained_base() -> type:
     from transformers.models.gemma2.modeling_gemma2 import Gemma2PreTrainedModel
 
@@ -121,7 +117,7 @@ class CostWiseGemma(_pretrained_base()):  # type: ignore[misc]
         super().__init__(config)
         self.model = _Decoder(config)
         usable = range(config.start_layer, config.num_hidden_layers + 1, config.layer_sep)
-        self.lm_head = nn.ModuleList(_Head(config.hidden_size) for _ in usable)
+        self.lm_head = nn.ModuleList(ScoreHead(config.hidden_size) for _ in usable)
         self.post_init()
 
     def get_output_embeddings(self) -> None:

@@ -1,14 +1,25 @@
 """What the transformers-backed families (encoder.py, causal.py) read alike from a model's
-config and tokenizer: its pad id and how many tokens a pair may have.
+config and tokenizer: its pad id and how many tokens a pair may have; and the per-layer score
+head of the native layer-wise models (minicpm_layerwise.py, gemma2_lightweight.py).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from torch import nn
+
 from .runners import POSITION_OFFSET_MODELS
 
-__all__ = ["pad_id_of", "window_limit"]
+__all__ = ["ScoreHead", "pad_id_of", "window_limit"]
+
+
+class ScoreHead(nn.Module):
+    """One layer's score head as FlagEmbedding publishes it (weights ``lm_head.{i}.linear_head.weight``)."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.linear_head = nn.Linear(hidden, 1, bias=False)
 
 
 def window_limit(config: Any, hf_tokenizer: Any, requested: int) -> int:

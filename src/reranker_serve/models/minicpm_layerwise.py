@@ -19,6 +19,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from .hf import ScoreHead
+
 __all__ = ["LayerWiseMiniCPM", "minicpm_config"]
 
 
@@ -88,12 +90,6 @@ class _Decoder(nn.Module):
         self.rotary_emb = LlamaRotaryEmbedding(config=config)
 
 
-class _Head(nn.Module):
-    def __init__(self, hidden: int) -> None:
-        super().__init__()
-        self.linear_head = nn.Linear(hidden, 1, bias=False)
-
-
 def _pretrained_base() -> type:
     from transformers.models.llama.modeling_llama import LlamaPreTrainedModel
 
@@ -108,7 +104,7 @@ class LayerWiseMiniCPM(_pretrained_base()):  # type: ignore[misc]
     def __init__(self, config: Any) -> None:
         super().__init__(config)
         self.model = _Decoder(config)
-        self.lm_head = nn.ModuleList(_Head(config.hidden_size)
+        self.lm_head = nn.ModuleList(ScoreHead(config.hidden_size)
                                      for _ in range(config.start_layer, config.num_hidden_layers + 1))
         self.post_init()
 
