@@ -12,7 +12,8 @@ from reranker_serve.__main__ import main
 
 
 def test_help_lists_the_subcommands():
-    out = subprocess.run([sys.executable, "-m", "reranker_serve", "--help"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-m", "reranker_serve", "--help"], capture_output=True, text=True,
+                         timeout=120)
     assert out.returncode == 0
     assert "{serve,download,evaluate}" in out.stdout and "--port" in out.stdout
 

@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         if server is not None:
             server.should_exit = True
 
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, keys=keys, on_load_failure=stop_on_load_failure), **common))
+    app = create_app(settings, keys=keys, on_load_failure=stop_on_load_failure)
+    server = uvicorn.Server(uvicorn.Config(app, **common))
     # uvicorn drains and then re-raises the SIGTERM it caught, restoring the handler that was
     # there before it started. A drained shutdown is a clean one: let that re-raise land on a
     # no-op so the process exits 0 (systemd, daemon.sh and orchestrators read exit codes).

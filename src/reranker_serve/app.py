@@ -24,7 +24,7 @@ from . import __version__
 from .api import cohere, infinity, jina, mixedbread, native, nim, system
 from .api.common import bearer_scheme
 from .api.dialect import Dialect
-from .bootstrap import check_owned_settings, set_up_process, start_up_settings
+from .bootstrap import check_owned_settings, set_up_process
 from .config import Settings, load_settings
 from .engine import Engine
 from .errors import ErrorKind, RerankError
@@ -94,7 +94,9 @@ def create_app(
     is how ``__main__`` learns that a model failed, to stop the server with a non-zero exit;
     ``keys``: the key ring start-up already read (else it is read here); ``span_exporter`` turns
     tracing on with that exporter (tests), whatever the settings say."""
-    settings = settings or start_up_settings()
+    if settings is None:  # start-up checks included: the key ring read by them is the one used
+        settings = load_settings()
+        keys = keys or check_owned_settings(settings)
     tracing = Tracing.from_settings(settings, exporter=span_exporter)
 
     @asynccontextmanager

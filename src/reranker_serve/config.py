@@ -28,7 +28,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, create_model, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, create_model,
+                      field_validator, model_validator)
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
@@ -79,7 +80,9 @@ class ModelOptions(BaseModel):
     their global defaults), ModelEntry and ModelSpec are generated from them. A new per-model
     option is one Field here."""
 
-    model_type: Annotated[ModelType, _Choice] = Field("auto", description="Model family; auto: read from the model's config.")
+    model_type: Annotated[ModelType, _Choice] = Field(
+        "auto", description="Model family; auto: read from the model's config."
+    )
     backend: Annotated[Backend, _Choice] = Field(
         "auto", description="Forward pass: torch, or openvino (cross-encoders on the CPU); auto: openvino where it applies."
     )
