@@ -5,13 +5,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from reranker_serve.config import Settings
+from reranker_serve.config import Settings, variable_names
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def variables() -> set[str]:
-    return {f"RERANKER_{name.upper()}" for name in Settings.model_fields}
+    return variable_names()
 
 
 def test_env_example_lists_every_setting_and_loads():

@@ -43,7 +43,8 @@ LAZY_DEPENDENCIES = {
 LAZY_INTERNAL = {
     "__main__": "the CLI parses and validates its arguments before importing the server (fast --help, usage errors)",
     "app": "worker-process set-up (logging, offline mode, shared state) runs when the app is built",
-    "config": "validators load optional integrations (tracing, key files) only when set (issue 24 item 4)",
+    "bootstrap": "logging is configured after the offline environment is set (observability imports prometheus_client, "
+                 "which reads its multiprocess variable on import)",
     "evaluation.harness": "the evaluation builds an engine only when it scores in-process",
     "models.layerwise": "the native layer-wise architectures import transformers' model code",
     "ray": "Ray pickles the deployment by reference; the worker imports the app itself",

@@ -12,7 +12,8 @@ import time
 import httpx
 import pytest
 
-from reranker_serve.config import ConfigError, load_settings
+from reranker_serve.bootstrap import start_up_settings
+from reranker_serve.config import ConfigError
 from conftest import DOCS, QUERY
 from procs import free_port, server_env, serving, start_server, wait_ready
 
@@ -75,9 +76,9 @@ def test_x_priority_must_be_a_known_one(keyed):
 
 def test_bad_keys_setting_is_named_at_start_up(tmp_path):
     with pytest.raises(ConfigError, match="RERANKER_API_KEYS: key 'x': give exactly one of key and key_sha256"):
-        load_settings(_env_file=None, api_keys='{"x": {"priority": "batch"}}')
+        start_up_settings(_env_file=None, api_keys='{"x": {"priority": "batch"}}')
     with pytest.raises(ConfigError, match="RERANKER_API_KEYS: is neither a JSON object nor an existing file"):
-        load_settings(_env_file=None, api_keys=str(tmp_path / "missing.json"))
+        start_up_settings(_env_file=None, api_keys=str(tmp_path / "missing.json"))
 
 
 def test_keys_rotate_without_a_restart_and_names_not_keys_are_logged(tmp_path, tiny_model):

@@ -76,6 +76,10 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+PROGRESS_S = 240  # most seconds the Ray start may go without a replica log line
+START_CAP_S = 900  # and in all
+
+
 def _comparable(path: str, reply: httpx.Response) -> tuple[int, object]:
     body = reply.json()
     if path in ("/v1/rerank", "/v2/rerank") and reply.status_code == 200:
@@ -100,22 +104,40 @@ def ray_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
         RERANKER_CACHE_MB="0",
         RAY_DEFAULT_OBJECT_STORE_MAX_MEMORY_BYTES=str(200 * 1024 * 1024),
         RAY_DEDUP_LOGS="0",  # every replica's log lines, not one per cluster
+        # Serve's proxy must answer its readiness check in 5 s (3 misses and Serve kills it, and the
+        # command exits 1): under CPU load (two busy loops beside the suite) it missed them while
+        # importing. A loaded test machine is not a failed proxy.
+        RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S="60",
     )
     env.pop("RERANKER_MODEL_PATH")
     proc = start_server(["-m", "reranker_serve.ray"], env, log=log)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240
+    # Bounded by progress, not by a fixed time: on a loaded 2-core machine (load average 15 while
+    # the suite ran beside other work) two replicas importing torch at half a CPU each took over
+    # 240 s, the fixed deadline this wait had, and the module's first test was reported failed
+    # (issue 24 item 9). Each replica line (import, load, ready) gives the start another
+    # PROGRESS_S; a start that stops making progress, or exits, still fails, named.
+    started = time.monotonic()
+    deadline, seen = started + PROGRESS_S, 0
     while True:  # the command returns control only once both replicas have loaded their model
         if proc.poll() is not None:
             pytest.fail(f"python -m reranker_serve.ray exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        text = log.read_text()
+        # Replica lines reach this log through Ray's log monitor, after the replica wrote them
+        # (and possibly after the driver's own "serving" line): wait for both "ready" lines too,
+        # so the test's count of model loads does not race the forwarding.
         try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200 and "serving 2 replica" in log.read_text():
+            if "serving 2 replica" in text and text.count(" ready in ") >= 2 \
+                    and httpx.get(f"{url}/ready", timeout=2).status_code == 200:
                 break
         except httpx.HTTPError:
             pass
-        if time.monotonic() > deadline:
+        if text.count("(ServeReplica") > seen:
+            seen, deadline = text.count("(ServeReplica"), time.monotonic() + PROGRESS_S
+        if time.monotonic() > min(deadline, started + START_CAP_S):
             proc.kill()
-            pytest.fail(f"Ray Serve not ready in time:\n{log.read_text()[-3000:]}")
+            pytest.fail(f"Ray Serve not ready (no replica progress for {PROGRESS_S} s, or {START_CAP_S} s in all):\n"
+                        f"{text[-3000:]}")
         time.sleep(0.5)
     client = httpx.Client(base_url=url, timeout=30)
     try:
@@ -147,8 +169,16 @@ def test_ray_answers_like_the_single_process_server(ray_server, server):
     assert models(ray_client) == models(server.client)
     metrics = ray_client.get("/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
-    families = {f.name for f in text_string_to_metric_families(metrics.text)}
-    assert families == {f.name for f in text_string_to_metric_families(server.client.get("/metrics").text)}
+    # The same instruments. prometheus_client writes a `<name>_created` gauge family beside a
+    # counter or histogram only once it has a labelled child, i.e. once that process has counted
+    # something: the replica that answers /metrics may not be the one that scored the requests
+    # above (Serve picks it), and then it has no `_created` families while the server has. That
+    # was this test's intermittent failure (issue 24 item 9); the instruments are what is compared.
+    def instruments(text: str) -> set[str]:
+        return {f.name.removesuffix("_created") for f in text_string_to_metric_families(text)}
+
+    families = instruments(metrics.text)
+    assert families == instruments(server.client.get("/metrics").text)
     assert "reranker_queue_depth" in families
     # The client's request id comes back once (Serve's proxy writes it; the replica's copy is dropped).
     reply = ray_client.post("/rerank", json={"query": QUERY, "documents": DOCS}, headers={"X-Request-ID": "abc-123"})

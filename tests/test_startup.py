@@ -133,7 +133,8 @@ def test_with_several_workers_ready_means_every_worker_is_ready(tmp_path, tiny_m
     # Each worker accepts connections while it loads (its /health must answer), so /ready from
     # any of them must wait for all: else a client that waited for /ready meets a warming worker.
     from conftest import RunningServer, settings_for
-    from reranker_serve.app import WorkerReadiness, create_app
+    from reranker_serve.app import create_app
+    from reranker_serve.workers import WorkerReadiness
 
     app = create_app(settings_for(tiny_model))
     app.state.readiness = WorkerReadiness(str(tmp_path), workers=2)

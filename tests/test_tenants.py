@@ -14,6 +14,7 @@ import time
 import httpx
 import pytest
 
+from reranker_serve.bootstrap import start_up_settings
 from reranker_serve.config import ConfigError, load_settings
 from conftest import DOCS, QUERY, RunningServer, settings_for
 from test_cache import metric, pair_tokens
@@ -246,4 +247,4 @@ def test_a_batch_key_asking_for_interactive_does_not_jump_ahead(tiny_model):
 
 def test_max_priority_below_priority_is_a_start_up_error():
     with pytest.raises(ConfigError, match="key 'x': max_priority 'batch' is below priority 'interactive'"):
-        load_settings(_env_file=None, api_keys=json.dumps({"x": {"key": "sk-0123456789", "max_priority": "batch"}}))
+        start_up_settings(_env_file=None, api_keys=json.dumps({"x": {"key": "sk-0123456789", "max_priority": "batch"}}))

@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from reranker_serve.app import create_app
+from reranker_serve.bootstrap import start_up_settings
 from reranker_serve.config import ConfigError, load_settings
 from conftest import DOCS, QUERY, RunningServer, settings_for
 from procs import free_port
@@ -158,11 +159,11 @@ def test_spans_are_exported_over_otlp(tiny_model, monkeypatch):
 
 def test_the_endpoint_is_checked_at_start_up(monkeypatch):
     with pytest.raises(ConfigError, match="RERANKER_OTLP_ENDPOINT: must be a URL"):
-        load_settings(_env_file=None, otlp_endpoint="collector:4318")
+        start_up_settings(_env_file=None, otlp_endpoint="collector:4318")
     # None in sys.modules: Python's own way to make a module not importable, as if not installed.
     monkeypatch.setitem(sys.modules, "opentelemetry.sdk.trace", None)
     with pytest.raises(ConfigError, match=r"RERANKER_OTLP_ENDPOINT: .*pip install 'reranker-serve\[otel\]'"):
-        load_settings(_env_file=None, otlp_endpoint="http://collector:4318")
+        start_up_settings(_env_file=None, otlp_endpoint="http://collector:4318")
     assert load_settings(_env_file=None, otlp_endpoint="").otlp_endpoint is None  # off, SDK or not
 
 

@@ -1,35 +1,73 @@
-"""`python -m reranker_serve` / `reranker-serve`: serve with uvicorn, configured by RERANKER_*.
+"""`python -m reranker_serve` / `reranker-serve`: one command line, three subcommands.
 
-Exit codes: 0 after a clean shutdown, 1 when the model failed to load, 2 for bad configuration.
+    reranker-serve [serve] [--host H] [--port P] [--workers N] [--model-path DIR] [--reload]
+    reranker-serve download MODEL [DIR]        (download.py; also download_model.sh)
+    reranker-serve evaluate COLLECTION ...     (evaluation/harness.py; also scripts/evaluate.py)
+
+`serve` is the default: with no subcommand the server starts, configured by RERANKER_*.
+Exit codes of `serve`: 0 after a clean shutdown, 1 when the model failed to load, 2 for bad
+configuration.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
 import os
 import signal
 import sys
-from typing import Iterator
 
-from .config import ENV_PREFIX, SCRIPT_VARIABLES, ConfigError, Settings, apply_offline_environment, load_settings
+from .config import ENV_PREFIX, SCRIPT_VARIABLES, ConfigError, Settings, load_settings, variable_names
 
 __all__ = ["main"]
 
 
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+# Subcommands that keep their own argument parsing (and usage lines, exit codes): everything
+# after the name goes to them as it is.
+_DELEGATED = {
+    "download": "fetch a model for offline use and check that it loads: download MODEL [DIR]",
+    "evaluate": "measure retrieval quality with and without reranking: evaluate COLLECTION ... (see --help)",
+}
+
+
+def _serve_options(parser: argparse.ArgumentParser, *, default: object = None) -> None:
+    parser.add_argument("--host", default=default, help="RERANKER_HOST")
+    parser.add_argument("--port", type=int, default=default, help="RERANKER_PORT")
+    parser.add_argument("--workers", type=int, default=default, help="RERANKER_WORKERS")
+    parser.add_argument("--model-path", default=default, help="RERANKER_MODEL_PATH")
+    parser.add_argument("--reload", action="store_true", default=default or False,
+                        help="restart on code changes (development)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    description = ("Serve a cross-encoder reranker. Every setting is a RERANKER_* variable (see .env.example); "
+                   "the options below override the matching variables.")
     parser = argparse.ArgumentParser(
-        prog="reranker-serve",
-        description="Serve a cross-encoder reranker. Every setting is a RERANKER_* variable (see .env.example); "
-        "the options below override the matching variables.",
+        prog="reranker-serve", description=description + " With no subcommand: serve.",
+        epilog="`reranker-serve COMMAND --help` describes each subcommand.",
     )
-    parser.add_argument("--host", help="RERANKER_HOST")
-    parser.add_argument("--port", type=int, help="RERANKER_PORT")
-    parser.add_argument("--workers", type=int, help="RERANKER_WORKERS")
-    parser.add_argument("--model-path", help="RERANKER_MODEL_PATH")
-    parser.add_argument("--reload", action="store_true", help="restart on code changes (development)")
-    return parser.parse_args(argv)
+    _serve_options(parser)
+    commands = parser.add_subparsers(dest="command", metavar="{serve,download,evaluate}")
+    # SUPPRESS: options given before `serve` are not reset by the subcommand's defaults.
+    _serve_options(commands.add_parser("serve", help="serve (the default)", description=description),
+                   default=argparse.SUPPRESS)
+    for name, summary in _DELEGATED.items():
+        commands.add_parser(name, help=summary, add_help=False)
+    return parser
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return _parser().parse_args(argv)
+
+
+def _delegate(command: str, argv: list[str]) -> int:
+    if command == "download":
+        from .download import main as download
+
+        return download(argv)
+    from .evaluation.harness import main as evaluate
+
+    return evaluate(argv)
 
 
 def _preflight(settings: Settings) -> None:
@@ -77,7 +115,7 @@ def _warn_unknown_variables(environ: dict[str, str]) -> None:
 
     from loguru import logger
 
-    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields} | set(SCRIPT_VARIABLES)
+    known = variable_names() | set(SCRIPT_VARIABLES)
     for name in sorted(n for n in environ if n.upper().startswith(ENV_PREFIX) and n.upper() not in known):
         close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]}?" if close else "; see .env.example for the settings"
@@ -92,10 +130,8 @@ def _env_file_variables() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["evaluate"]:  # `reranker-serve evaluate ...`: the evaluation harness
-        from .evaluation.harness import main as evaluate
-
-        return evaluate(argv[1:])
+    if argv[:1] and argv[0] in _DELEGATED:  # `reranker-serve evaluate ...`: that command's own parser
+        return _delegate(argv[0], argv[1:])
     args = _parse_args(argv)
     overrides = {
         key: value
@@ -103,17 +139,18 @@ def main(argv: list[str] | None = None) -> int:
                            ("model_path", args.model_path))
         if value is not None
     }
+    # The key ring and tracing (their checks) only now: --help and usage errors stay fast.
+    from .bootstrap import check_owned_settings, set_up_process
+
     try:
         settings = load_settings(**overrides)
+        keys = check_owned_settings(settings)
         _preflight(settings)
     except ConfigError as exc:
         print(f"reranker-serve: {exc}", file=sys.stderr)
         return 2
     # Before the model libraries are imported: huggingface_hub reads HF_HUB_OFFLINE once.
-    apply_offline_environment(offline=settings.use_offline_mode)
-    from .observability import configure_logging
-
-    configure_logging(level=settings.log_level, fmt=settings.log_format)
+    set_up_process(settings)
     _warn_unknown_variables({**_env_file_variables(), **os.environ})
 
     import uvicorn
@@ -136,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         if server is not None:
             server.should_exit = True
 
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, on_load_failure=stop_on_load_failure), **common))
+    app = create_app(settings, keys=keys, on_load_failure=stop_on_load_failure)
+    server = uvicorn.Server(uvicorn.Config(app, **common))
     # uvicorn drains and then re-raises the SIGTERM it caught, restoring the handler that was
     # there before it started. A drained shutdown is a clean one: let that re-raise land on a
     # no-op so the process exits 0 (systemd, daemon.sh and orchestrators read exit codes).
@@ -154,26 +192,17 @@ def _exit_code(*, failed: bool) -> int:
 
 
 def _serve_in_workers(settings: Settings, overrides: dict[str, object], *, reload: bool, **common: object) -> int:
-    """Several processes (or the reloader): each worker builds its app from RERANKER_* itself."""
-    import tempfile
-
+    """Several processes (or the reloader): each worker builds its app from RERANKER_* itself
+    (the options given on the command line passed on as variables), sharing what workers.py says."""
     import uvicorn
 
-    from .app import FAILURE_FILE_VARIABLE, READY_DIR_VARIABLE
-    from .keys import BUCKETS_FILE_VARIABLE, RateLimiter
+    from .workers import worker_environment
 
     for key, value in overrides.items():
         os.environ[f"{ENV_PREFIX}{key.upper()}"] = str(value)
-    # One bucket memory for every worker: a key's rate limits hold for the server, not per process.
-    buckets, buckets_fd = RateLimiter.create_file()
-    os.environ[BUCKETS_FILE_VARIABLE] = buckets
     scraped = None
     try:
-        with tempfile.NamedTemporaryFile("r", prefix="reranker-serve-", suffix=".failure") as failure, \
-                tempfile.TemporaryDirectory(prefix="reranker-serve-ready-") as ready, \
-                _metrics_folder() as metrics_dir:
-            os.environ[FAILURE_FILE_VARIABLE] = failure.name
-            os.environ[READY_DIR_VARIABLE] = ready
+        with worker_environment() as (failure, metrics_dir):
             if settings.metrics_port is not None:
                 from .observability import serve_metrics, summed_registry
 
@@ -184,33 +213,12 @@ def _serve_in_workers(settings: Settings, overrides: dict[str, object], *, reloa
                 scraped = serve_metrics(host=settings.host, port=settings.metrics_port, registry=Summed())
             uvicorn.run("reranker_serve.app:create_worker_app", factory=True, workers=settings.workers, reload=reload,
                         **common)  # type: ignore[arg-type]
-            failed = failure.read().strip()
+            failed = failure.read_text(encoding="utf-8").strip()
     finally:
-        RateLimiter.remove_file(buckets, buckets_fd)
         if scraped is not None:
             scraped.shutdown()
             scraped.server_close()
     return _exit_code(failed=bool(failed))
-
-@contextlib.contextmanager
-def _metrics_folder() -> Iterator[str]:
-    """prometheus_client's multiprocess folder for the workers: PROMETHEUS_MULTIPROC_DIR if the
-    operator set one (emptied first: files of an earlier run would be summed in), else a fresh one."""
-    import tempfile
-
-    from .observability import MULTIPROCESS_VARIABLE
-
-    given = os.environ.get(MULTIPROCESS_VARIABLE)
-    if given:
-        os.makedirs(given, exist_ok=True)
-        for name in os.listdir(given):
-            if name.endswith(".db"):
-                os.unlink(os.path.join(given, name))
-        yield given
-        return
-    with tempfile.TemporaryDirectory(prefix="reranker-serve-metrics-") as folder:
-        os.environ[MULTIPROCESS_VARIABLE] = folder
-        yield folder
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ import asyncio
 import os
 import signal
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, AsyncIterator, Callable, Sequence
 
 from fastapi import FastAPI, Request, Response, Security
@@ -25,15 +24,17 @@ from . import __version__
 from .api import cohere, infinity, jina, mixedbread, native, nim, system
 from .api.common import bearer_scheme
 from .api.dialect import Dialect
+from .bootstrap import check_owned_settings, set_up_process
 from .config import Settings, load_settings
 from .engine import Engine
 from .errors import ErrorKind, RerankError
-from .keys import BUCKETS_FILE_VARIABLE, KeyLimits, KeyRing, RateLimiter
+from .keys import KeyLimits, KeyRing, RateLimiter
 from .observability import MULTIPROCESS_VARIABLE, Metrics, RequestContextMiddleware, serve_metrics
 from .registry import ModelRegistry
 from .security import AuthThrottle, HostGuard, SystemRouteGuard, allowed_hosts
 from .service import RerankService
 from .tracing import RequestSpans, Tracing
+from .workers import STARTUP_FAILURE, WorkerReadiness, buckets_file, readiness, report_failure
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
@@ -85,21 +86,25 @@ def create_app(
     settings: Settings | None = None,
     *,
     engines: Sequence[Engine] = (),
+    keys: KeyRing | None = None,
     on_load_failure: Callable[[str], None] | None = None,
     span_exporter: SpanExporter | None = None,
 ) -> FastAPI:
     """Build the app. ``engines`` skips loading those models (tests inject them); ``on_load_failure``
     is how ``__main__`` learns that a model failed, to stop the server with a non-zero exit;
-    ``span_exporter`` turns tracing on with that exporter (tests), whatever the settings say."""
-    settings = settings or load_settings()
+    ``keys``: the key ring start-up already read (else it is read here); ``span_exporter`` turns
+    tracing on with that exporter (tests), whatever the settings say."""
+    if settings is None:  # start-up checks included: the key ring read by them is the one used
+        settings = load_settings()
+        keys = keys or check_owned_settings(settings)
     tracing = Tracing.from_settings(settings, exporter=span_exporter)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry = ModelRegistry(settings, engines, metrics=metrics)
         app.state.registry = registry
-        # Worker processes share one bucket memory (made by __main__), so a key's limits hold server-wide.
-        app.state.limiter = RateLimiter(os.environ.get(BUCKETS_FILE_VARIABLE))
+        # Worker processes share one bucket memory (workers.py), so a key's limits hold server-wide.
+        app.state.limiter = RateLimiter(buckets_file())
         shared = None
         if settings.redis_url:  # replicas share limits and scores (shared.py)
             from .shared import SharedState
@@ -158,7 +163,7 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.readiness = None  # several worker processes: create_worker_app sets it
-    app.state.keys = KeyRing(settings.api_keys, single_key=settings.api_key)
+    app.state.keys = keys or KeyRing(settings.api_keys, single_key=settings.api_key)
     app.state.auth_throttle = AuthThrottle(settings.auth_failures_per_minute)
     if settings.cors_origins:  # off unless configured: a browser page should not call us by default
         app.add_middleware(
@@ -184,66 +189,20 @@ def create_app(
     return app
 
 
-# How a worker process (RERANKER_WORKERS > 1, or --reload) tells `python -m reranker_serve` that
-# its model failed to load: the message goes to this file, and the worker exits with uvicorn's
-# start-up failure code, which makes uvicorn's supervisor stop every worker instead of
-# restarting this one (and loading the broken model again, forever).
-FAILURE_FILE_VARIABLE = "_RERANKER_SERVE_FAILURE_FILE"
-_STARTUP_FAILURE = 3  # uvicorn.server.STARTUP_FAILURE
-
-
-# How worker processes tell each other they are ready: each creates a file named by its pid in
-# this folder (made by __main__) once its models are loaded and warmed up, and /ready is 200
-# only when every live worker has. Each worker accepts connections while it loads (so /health
-# answers), so without this a client that waited for /ready could reach a worker still warming
-# up and get 503.
-READY_DIR_VARIABLE = "_RERANKER_SERVE_READY_DIR"
-
-
-class WorkerReadiness:
-    """The ready workers of a multi-process server, counted from pid files in one folder."""
-
-    def __init__(self, folder: str, workers: int) -> None:
-        self.folder, self.workers = folder, workers
-
-    def mark(self) -> None:
-        Path(self.folder, str(os.getpid())).touch()
-
-    def all_ready(self) -> bool:
-        ready = 0
-        for entry in os.scandir(self.folder):
-            try:
-                os.kill(int(entry.name), 0)  # a worker that died (and was replaced) does not count
-            except (ValueError, ProcessLookupError):
-                continue
-            except PermissionError:
-                pass  # alive, someone else's
-            ready += 1
-        return ready >= self.workers
-
-
 def create_worker_app() -> FastAPI:
-    """The app factory of worker processes (``uvicorn ... --factory``): each is a fresh
-    interpreter, so it sets up offline mode and logging itself, as ``__main__`` does."""
+    """The app factory of worker processes (``uvicorn ... --factory``, workers.py): each is a
+    fresh interpreter, so it sets up offline mode and logging itself, as ``__main__`` does."""
     from loguru import logger
 
-    from .config import apply_offline_environment
-    from .observability import configure_logging
-
     settings = load_settings()
-    apply_offline_environment(offline=settings.use_offline_mode)
-    configure_logging(level=settings.log_level, fmt=settings.log_format)
+    keys = check_owned_settings(settings)  # the key file, read once in this process
+    set_up_process(settings)
 
     def stop_everything(message: str) -> None:
-        path = os.environ.get(FAILURE_FILE_VARIABLE)
-        if path:
-            with open(path, "a", encoding="utf-8") as out:
-                out.write(message + "\n")
+        report_failure(message)
         logger.complete()
-        os._exit(_STARTUP_FAILURE)
+        os._exit(STARTUP_FAILURE)
 
-    app = create_app(settings, on_load_failure=stop_everything)
-    folder = os.environ.get(READY_DIR_VARIABLE)
-    if folder:
-        app.state.readiness = WorkerReadiness(folder, settings.workers)
+    app = create_app(settings, keys=keys, on_load_failure=stop_everything)
+    app.state.readiness = readiness(settings.workers)
     return app

@@ -2,26 +2,43 @@
 
 Settings are built once at start-up (``load_settings()``) and passed down; nothing deeper in
 the code reads the environment, so tests construct their own ``Settings(...)``.
+
+Adding a setting (each is also a line in .env.example and in the README's configuration table;
+tests/test_docs.py holds the three to the same list):
+- server-wide: one ``Field`` in ``Settings``, in its section, read from ``RERANKER_<NAME>``;
+- per model (one each entry of RERANKER_MODELS may set for itself, defaulting to the global
+  variable): one ``Field`` in ``ModelOptions``. That one line gives ``RERANKER_<NAME>`` and
+  ``settings.<name>`` (Settings inherits ModelOptions), the optional ``<name>`` of a
+  RERANKER_MODELS entry (``ModelEntry``) and ``spec.<name>`` of the resolved model
+  (``ModelSpec``), all generated below from ModelOptions' fields;
+- Ray Serve: one ``Field`` in ``RaySettings``, read from ``RERANKER_RAY_<NAME>`` as
+  ``settings.ray.<name>``.
+This module is a leaf: its validators check syntax (types, ranges, choices, a folder that must
+hold a model). What a setting points at (a key file, an OpenTelemetry exporter) is loaded and
+checked by its owner at start-up (keys.KeyRing, tracing, through bootstrap.start_up_settings),
+with a message naming the variable.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
 import re
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
-from pydantic import ValidationInfo
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, create_model,
+                      field_validator, model_validator)
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
 from .families import FAMILY_NAMES
 from .permissions import unreadable_message
 
-__all__ = ["ConfigError", "ModelEntry", "ModelSpec", "Settings", "load_settings"]
+__all__ = ["ConfigError", "ModelEntry", "ModelOptions", "ModelSpec", "RaySettings", "Settings", "load_settings",
+           "variable_names"]
 
 ENV_PREFIX = "RERANKER_"
 # RERANKER_* variables read by the shell scripts (daemon.sh), not by the server.
@@ -49,44 +66,70 @@ def _choice(value: object) -> object:
     return _DTYPE_ALIASES.get(value, value)
 
 
+# On a field's type, so the options' copies in ModelEntry normalise too.
+_Choice = BeforeValidator(_choice)
+
+
 class ConfigError(ValueError):
     """Start-up configuration is invalid. The message is one line meant for a human."""
 
 
-# Options each served model may set for itself (in RERANKER_MODELS); unset, the global one holds.
-_PER_MODEL = (
-    "model_type", "backend", "trust_remote_code", "max_length", "dtype", "batch_size", "max_batch_tokens", "max_queue",
-    "instruction", "cutoff_layer", "compress_ratio", "compress_layers", "attention", "share_prefix",
-    "attn_implementation",
-)
+class ModelOptions(BaseModel):
+    """Options each served model may set for itself (in RERANKER_MODELS); unset, the global
+    RERANKER_<NAME> holds. The one declaration of them: Settings inherits these fields (with
+    their global defaults), ModelEntry and ModelSpec are generated from them. A new per-model
+    option is one Field here."""
+
+    model_type: Annotated[ModelType, _Choice] = Field(
+        "auto", description="Model family; auto: read from the model's config."
+    )
+    backend: Annotated[Backend, _Choice] = Field(
+        "auto", description="Forward pass: torch, or openvino (cross-encoders on the CPU); auto: openvino where it applies."
+    )
+    trust_remote_code: bool = Field(
+        False, description="Run Python code shipped with the model instead of the server's own implementation."
+    )
+    max_length: int = Field(512, ge=8, le=131072, description="Tokens per (query, document) pair, specials included.")
+    dtype: Annotated[DType, _Choice] = Field("auto", description="Explicit compute dtype; wins over USE_FP16.")
+    batch_size: int = Field(
+        0, ge=0, le=4096, description="Most pairs in one forward pass; 0: per device (32 on CPU/MPS, 1024 on CUDA)."
+    )
+    max_batch_tokens: int = Field(
+        0, ge=0, description="Most tokens in one forward pass (padded: pairs × longest pair); 0: per device."
+    )
+    max_queue: int = Field(4096, ge=1, description="Most pairs waiting for the model; beyond it requests get 429.")
+    instruction: str | None = Field(
+        None, description="Default instruction (Qwen3-Reranker) or prompt (LLM rerankers); unset: the model card's."
+    )
+    cutoff_layer: int | None = Field(None, ge=1, description="Layer whose score layer-wise rerankers use.")
+    compress_ratio: int = Field(1, ge=1, description="Token compression of lightweight rerankers (1: none).")
+    compress_layers: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: [8], description="Layers where lightweight rerankers compress (comma-separated)."
+    )
+    attention: Annotated[Attention, _Choice] = Field(
+        "auto", description="Batches padded, or unpadded (packed tokens, variable-length attention: cross-encoders, "
+        "Qwen3/Gemma LLM rerankers); auto: unpadded on CUDA where its start-up self-check agrees with padded.",
+    )
+    share_prefix: bool = Field(
+        True, description="LLM rerankers: compute a request's prompt prefix (instruction, query) once for all documents."
+    )
+    attn_implementation: Annotated[AttnImplementation, _Choice] = Field(
+        "auto", description="transformers attention implementation: sdpa, eager; auto: sdpa where the architecture "
+        "has it, else eager (logged).",
+    )
 
 
-class ModelEntry(BaseModel):
-    """One model of RERANKER_MODELS. Every option but `model` is optional and defaults to the
-    global RERANKER_* variable of the same name."""
+_PER_MODEL = tuple(ModelOptions.model_fields)
+# Bounds of a model's own value where they differ from the global variable's: globally 0 means
+# "per device", a model's own batch size is a number.
+_ENTRY_BOUNDS: dict[str, FieldInfo] = {"batch_size": Field(None, ge=1, le=4096)}
 
+
+class _EntryBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(min_length=1, description="Hugging Face model id or local model folder.")
     name: str | list[str] | None = Field(None, description="Name(s) requests select it by; default: the id.")
-    model_type: ModelType | None = None
-    backend: Backend | None = None
-    trust_remote_code: bool | None = None
-    max_length: int | None = Field(None, ge=8, le=131072)
-    dtype: DType | None = None
-    batch_size: int | None = Field(None, ge=1, le=4096)
-    max_batch_tokens: int | None = Field(None, ge=0)
-    max_queue: int | None = Field(None, ge=1)
-    instruction: str | None = None
-    cutoff_layer: int | None = Field(None, ge=1)
-    compress_ratio: int | None = Field(None, ge=1)
-    compress_layers: list[int] | None = None
-    attention: Attention | None = None
-    share_prefix: bool | None = None
-    attn_implementation: AttnImplementation | None = None
-
-    _normalise_choice = field_validator("model_type", "backend", "dtype", "attention", "attn_implementation",
-                                        mode="before")(_choice)
 
     @field_validator("name")
     @classmethod
@@ -104,38 +147,126 @@ class ModelEntry(BaseModel):
         return value
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ModelSpec:
-    """One served model, resolved: where it comes from, its names, and its own options."""
+def _unset_by_default(field: FieldInfo) -> FieldInfo:
+    """The option as a RERANKER_MODELS entry has it: the same type and bounds, default None."""
+    optional = FieldInfo.merge_field_infos(field)  # a copy
+    optional.default, optional.default_factory = None, None
+    return optional
 
-    names: tuple[str, ...]  # the first is the one replies carry
-    source: str  # local folder or hub id
-    local: bool
-    cache_dir: Path
-    offline: bool
-    model_type: str
-    backend: str
-    trust_remote_code: bool
-    max_length: int
-    dtype: str
-    batch_size: int
-    max_batch_tokens: int
-    max_queue: int
-    instruction: str | None
-    cutoff_layer: int | None
-    compress_ratio: int
-    compress_layers: tuple[int, ...]
-    attention: str = "auto"
-    share_prefix: bool = True
-    attn_implementation: str = "auto"
 
-    @property
-    def name(self) -> str:
-        return self.names[0]
+# One model of RERANKER_MODELS: ``model``, ``name`` and every ModelOptions field, optional (None:
+# the global RERANKER_* variable of the same name holds).
+ModelEntry = create_model(  # type: ignore[call-overload]
+    "ModelEntry", __base__=_EntryBase, __module__=__name__,
+    **{name: (Optional[field.annotation], _ENTRY_BOUNDS.get(name) or _unset_by_default(field))
+       for name, field in ModelOptions.model_fields.items()},
+)
+ModelEntry.__doc__ = """One model of RERANKER_MODELS. Every option but `model` is optional and defaults to the
+    global RERANKER_* variable of the same name."""
 
-    def describe(self) -> str:
-        """Where it loads from, for messages: ``folder '/m/x'`` or ``model 'org/x' (cache './models')``."""
-        return f"folder {self.source!r}" if self.local else f"model {self.source!r} (cache {str(self.cache_dir)!r})"
+
+def _spec_name(self: Any) -> str:
+    return self.names[0]
+
+
+def _spec_describe(self: Any) -> str:
+    """Where it loads from, for messages: ``folder '/m/x'`` or ``model 'org/x' (cache './models')``."""
+    return f"folder {self.source!r}" if self.local else f"model {self.source!r} (cache {str(self.cache_dir)!r})"
+
+
+def _spec_field(name: str, field: FieldInfo) -> tuple[str, Any, Any]:
+    default = field.default_factory() if field.default_factory is not None else field.default  # type: ignore[call-arg]
+    if isinstance(default, list):  # hashable: equal specs are merged through a dict
+        return name, tuple[int, ...], dataclasses.field(default=tuple(default))
+    return name, field.annotation, dataclasses.field(default=default)
+
+
+# One served model, resolved: where it comes from, its names, and its own options (every
+# ModelOptions field, a list as a tuple). Frozen and hashable: _merge_specs keys on it.
+ModelSpec = dataclasses.make_dataclass(
+    "ModelSpec",
+    [
+        ("names", tuple[str, ...]),  # the first is the one replies carry
+        ("source", str),  # local folder or hub id
+        ("local", bool),
+        ("cache_dir", Path),
+        ("offline", bool),
+        *(_spec_field(name, field) for name, field in ModelOptions.model_fields.items()),
+    ],
+    namespace={"__module__": __name__, "name": property(_spec_name), "describe": _spec_describe,
+               "__doc__": "One served model, resolved: where it comes from, its names, and its own options."},
+    frozen=True, slots=True, kw_only=True,
+)
+
+
+class RaySettings(BaseModel):
+    """Ray Serve (`python -m reranker_serve.ray`; HOST/PORT are where Serve's proxy listens):
+    ``settings.ray.<name>``, read from RERANKER_RAY_<NAME>."""
+
+    address: str | None = Field(
+        None, description="Ray cluster to join (e.g. auto, ray://head:10001); unset: start a local one."
+    )
+    replicas: int = Field(
+        1, ge=1, description="Replicas (each loads the model once); the start count with autoscaling."
+    )
+    min_replicas: int = Field(1, ge=0, description="Autoscaling floor (used when RAY_MAX_REPLICAS is set).")
+    max_replicas: int = Field(0, ge=0, description="Autoscaling ceiling; 0: no autoscaling, RAY_REPLICAS fixed.")
+    target_ongoing_requests: float = Field(
+        2.0, gt=0, description="Autoscaling target: requests in flight per replica."
+    )
+    max_ongoing_requests: int = Field(
+        32, ge=1, description="Most requests one replica holds at once (more wait in Serve's queue)."
+    )
+    num_cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves per replica (ray_actor_options).")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs Ray reserves per replica (fractions share one GPU).")
+
+    @field_validator("address", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _replica_bounds(self) -> RaySettings:
+        if self.max_replicas and not self.min_replicas <= self.replicas <= self.max_replicas:
+            raise ValueError(
+                f"RERANKER_RAY_REPLICAS ({self.replicas}) must lie between RERANKER_RAY_MIN_REPLICAS "
+                f"({self.min_replicas}) and RERANKER_RAY_MAX_REPLICAS ({self.max_replicas})"
+            )
+        return self
+
+
+# Settings whose fields are a sub-model, each read from flat variables: RERANKER_RAY_ADDRESS is
+# settings.ray.address (the variables predate the grouping and are the public contract).
+_GROUPS: dict[str, type[BaseModel]] = {"ray": RaySettings}
+
+
+def variable_names() -> set[str]:
+    """Every RERANKER_* variable the server reads."""
+    names = {ENV_PREFIX + name.upper() for name in Settings.model_fields if name not in _GROUPS}
+    return names | {f"{ENV_PREFIX}{group.upper()}_{name.upper()}" for group, model in _GROUPS.items()
+                    for name in model.model_fields}
+
+
+class _GroupVariables(PydanticBaseSettingsSource):
+    """The flat variables of the grouped settings (RERANKER_RAY_*) as found by ``source`` (the
+    environment, or .env), as ``ray_<name>`` keys that Settings folds into its ``ray``."""
+
+    def __init__(self, settings_cls: type[BaseSettings], source: Any) -> None:
+        super().__init__(settings_cls)
+        self.source = source
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads the source's variables itself
+
+    def __call__(self) -> dict[str, Any]:
+        found = {key.lower(): value for key, value in self.source.env_vars.items()}
+        out: dict[str, Any] = {}
+        for group, model in _GROUPS.items():
+            for name in model.model_fields:
+                key = f"{group}_{name}"
+                if (ENV_PREFIX + key).lower() in found:
+                    out[key] = found[(ENV_PREFIX + key).lower()]
+        return out
 
 
 def _is_local(source: str) -> bool:
@@ -194,7 +325,10 @@ def _merge_specs(specs: list[ModelSpec]) -> list[ModelSpec]:
     return list(merged.values())
 
 
-class Settings(BaseSettings):
+class Settings(BaseSettings, ModelOptions):
+    """Every setting: the server-wide ones below, the global value of each per-model option
+    (inherited from ModelOptions: declare those there), and the Ray Serve ones as ``ray``."""
+
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
         env_file=".env",
@@ -225,25 +359,8 @@ class Settings(BaseSettings):
     served_model_name: str | None = Field(None, description="Name reported in replies and accepted in `model`.")
     model_cache_dir: Path = Field(Path("./models"), description="Where downloads land (Hugging Face cache layout).")
     use_offline_mode: bool = Field(False, description="Never touch the network; load from MODEL_PATH or the cache.")
-    max_length: int = Field(512, ge=8, le=131072, description="Tokens per (query, document) pair, specials included.")
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
     use_fp16: bool = Field(True, description="Half precision on CUDA (ignored on CPU/MPS).")
-    dtype: DType = Field("auto", description="Explicit compute dtype; wins over USE_FP16.")
-    model_type: ModelType = Field("auto", description="Model family; auto: read from the model's config.")
-    backend: Backend = Field(
-        "auto", description="Forward pass: torch, or openvino (cross-encoders on the CPU); auto: openvino where it applies."
-    )
-    trust_remote_code: bool = Field(
-        False, description="Run Python code shipped with the model instead of the server's own implementation."
-    )
-    instruction: str | None = Field(
-        None, description="Default instruction (Qwen3-Reranker) or prompt (LLM rerankers); unset: the model card's."
-    )
-    cutoff_layer: int | None = Field(None, ge=1, description="Layer whose score layer-wise rerankers use.")
-    compress_ratio: int = Field(1, ge=1, description="Token compression of lightweight rerankers (1: none).")
-    compress_layers: Annotated[list[int], NoDecode] = Field(
-        default_factory=lambda: [8], description="Layers where lightweight rerankers compress (comma-separated)."
-    )
     models: Annotated[list[ModelEntry], NoDecode] = Field(
         default_factory=list,
         description="Several models: `alias=model,model2,...` or a JSON list; empty: MODEL_PATH / MODEL_NAME.",
@@ -255,13 +372,6 @@ class Settings(BaseSettings):
     )
 
     # --- engine ---------------------------------------------------------------------------
-    batch_size: int = Field(
-        0, ge=0, le=4096, description="Most pairs in one forward pass; 0: per device (32 on CPU/MPS, 1024 on CUDA)."
-    )
-    max_batch_tokens: int = Field(
-        0, ge=0, description="Most tokens in one forward pass (padded: pairs × longest pair); 0: per device."
-    )
-    max_queue: int = Field(4096, ge=1, description="Most pairs waiting for the model; beyond it requests get 429.")
     request_timeout: float = Field(60.0, gt=0, description="Seconds a request may wait and run before 504.")
     batch_wait_ms: float = Field(
         0.0, ge=0, le=1000, description="Extra wait for more pairs when a batch is not full (0: none)."
@@ -324,36 +434,8 @@ class Settings(BaseSettings):
         10, ge=0, description="Wrong API keys one client address may send per minute before 429 (0: no limit).",
     )
 
-    # --- Ray Serve (`python -m reranker_serve.ray`; HOST/PORT are where Serve's proxy listens) --
-    ray_address: str | None = Field(
-        None, description="Ray cluster to join (e.g. auto, ray://head:10001); unset: start a local one."
-    )
-    ray_replicas: int = Field(
-        1, ge=1, description="Replicas (each loads the model once); the start count with autoscaling."
-    )
-    ray_min_replicas: int = Field(1, ge=0, description="Autoscaling floor (used when RAY_MAX_REPLICAS is set).")
-    ray_max_replicas: int = Field(0, ge=0, description="Autoscaling ceiling; 0: no autoscaling, RAY_REPLICAS fixed.")
-    ray_target_ongoing_requests: float = Field(
-        2.0, gt=0, description="Autoscaling target: requests in flight per replica."
-    )
-    ray_max_ongoing_requests: int = Field(
-        32, ge=1, description="Most requests one replica holds at once (more wait in Serve's queue)."
-    )
-    ray_num_cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves per replica (ray_actor_options).")
-    ray_num_gpus: float = Field(0.0, ge=0, description="GPUs Ray reserves per replica (fractions share one GPU).")
-
-    # --- GPU engine -------------------------------------------------------------------------
-    attention: Attention = Field(
-        "auto", description="Batches padded, or unpadded (packed tokens, variable-length attention: cross-encoders, "
-        "Qwen3/Gemma LLM rerankers); auto: unpadded on CUDA where its start-up self-check agrees with padded.",
-    )
-    share_prefix: bool = Field(
-        True, description="LLM rerankers: compute a request's prompt prefix (instruction, query) once for all documents."
-    )
-    attn_implementation: AttnImplementation = Field(
-        "auto", description="transformers attention implementation: sdpa, eager; auto: sdpa where the architecture "
-        "has it, else eager (logged).",
-    )
+    # --- Ray Serve: RERANKER_RAY_* (RaySettings) -------------------------------------------
+    ray: RaySettings = Field(default_factory=RaySettings, description="Ray Serve deployment (RERANKER_RAY_*).")
 
     # --- score cache and tracing (cache.py, tracing.py) -------------------------------------
     cache_mb: float = Field(
@@ -402,8 +484,7 @@ class Settings(BaseSettings):
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
-    _normalise_choice = field_validator("dtype", "device", "model_type", "backend", "unknown_model", "attention",
-                                        "attn_implementation", mode="before")(_choice)
+    _normalise_choice = field_validator("device", "unknown_model", mode="before")(_choice)
 
     @field_validator("compress_layers", mode="before")
     @classmethod
@@ -452,18 +533,9 @@ class Settings(BaseSettings):
     def _otlp_endpoint(cls, value: object) -> object:
         if not isinstance(value, str):
             return value
-        if not value.strip():  # `RERANKER_OTLP_ENDPOINT=` in a .env: no tracing
-            return None
-        from .tracing import check_endpoint
-
-        return check_endpoint(value.strip())
-
-    @field_validator("otlp_protocol")
-    @classmethod
-    def _otlp_protocol(cls, value: str, info: ValidationInfo) -> str:
-        from .tracing import check_protocol
-
-        return check_protocol(value, endpoint=info.data.get("otlp_endpoint"))
+        # `RERANKER_OTLP_ENDPOINT=` in a .env: no tracing. The URL and the installed exporter are
+        # tracing's to check (bootstrap.start_up_settings).
+        return value.strip() or None
 
     @field_validator("api_keys", "metrics_port", "instance_id", "served_model_name", "model_path", "instruction", "cutoff_layer", mode="before")
     @classmethod
@@ -483,17 +555,6 @@ class Settings(BaseSettings):
             )
         return self
 
-    @model_validator(mode="after")
-    def _keys_parse(self) -> Settings:
-        if self.api_keys is not None:
-            from .keys import parse_keys, read_keys_setting
-
-            try:
-                parse_keys(read_keys_setting(self.api_keys), single_key=self.api_key)
-            except (OSError, ValueError) as exc:
-                raise ValueError(f"RERANKER_API_KEYS: {exc}") from None
-        return self
-
     @field_validator("model_path")
     @classmethod
     def _model_path_is_a_model(cls, value: Path | None) -> Path | None:
@@ -508,16 +569,32 @@ class Settings(BaseSettings):
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
 
-    _ray_address_empty_is_unset = field_validator("ray_address", mode="before")(_empty_is_unset.__func__)
+    @model_validator(mode="before")
+    @classmethod
+    def _group(cls, data: Any) -> Any:
+        """``ray_address=...`` (a flat variable, or a keyword as tests and scripts pass them) is
+        ``ray.address``: the grouped settings keep their flat names."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for group in _GROUPS:
+            flat = {key[len(group) + 1:]: data.pop(key) for key in list(data) if key.startswith(f"{group}_")}
+            if flat:
+                given = data.get(group)
+                given = given.model_dump(exclude_unset=True) if isinstance(given, BaseModel) else dict(given or {})
+                data[group] = {**flat, **given}
+        return data
 
-    @model_validator(mode="after")
-    def _ray_replica_bounds(self) -> Settings:
-        if self.ray_max_replicas and not self.ray_min_replicas <= self.ray_replicas <= self.ray_max_replicas:
-            raise ValueError(
-                f"RERANKER_RAY_REPLICAS ({self.ray_replicas}) must lie between RERANKER_RAY_MIN_REPLICAS "
-                f"({self.ray_min_replicas}) and RERANKER_RAY_MAX_REPLICAS ({self.ray_max_replicas})"
-            )
-        return self
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The grouped settings' flat variables, each right after the source it is read from, so
+        # the usual order holds for them too: keywords, then the environment, then .env.
+        return (init_settings, env_settings, _GroupVariables(settings_cls, env_settings), dotenv_settings,
+                _GroupVariables(settings_cls, dotenv_settings), file_secret_settings)
 
     _specs: list[ModelSpec] = PrivateAttr(default_factory=list)
 
@@ -556,7 +633,7 @@ class Settings(BaseSettings):
             names = tuple(entry.name)
         else:
             names = (Path(source).name if local else source,)
-        inherit = {key: getattr(self, key) for key in _PER_MODEL}
+        inherit = {key: getattr(self, key) for key in _PER_MODEL}  # ModelOptions' fields
         inherit.update(entry.model_dump(include=set(_PER_MODEL), exclude_none=True))
         return ModelSpec(
             names=names, source=source, local=local, cache_dir=self.model_cache_dir, offline=self.use_offline_mode,
@@ -590,6 +667,8 @@ def describe_validation_error(error: ValidationError) -> str:
         got = item.get("input")
         shown = f" (got {got!r})" if isinstance(got, (str, int, float)) and item["type"] != "missing" else ""
         loc = item["loc"]
+        if loc and loc[0] in _GROUPS:  # ("ray", "num_gpus") is RERANKER_RAY_NUM_GPUS
+            loc = (f"{loc[0]}_{loc[1]}", *loc[2:]) if len(loc) > 1 else ()
         if not loc:  # a check across variables: its message names them
             parts.append(f"{message}{shown}")
             continue
@@ -607,17 +686,3 @@ def load_settings(**overrides: object) -> Settings:
     except SettingsError as exc:  # a value pydantic-settings could not even decode (e.g. bad JSON)
         cause = f": {exc.__cause__}" if exc.__cause__ else ""
         raise ConfigError(f"invalid configuration: {exc}{cause}") from None
-
-
-def apply_offline_environment(*, offline: bool) -> None:
-    """Offline mode: make every Hugging Face library refuse the network, not just our calls;
-    and in any mode: no hub telemetry, no progress bars in a server's log.
-
-    huggingface_hub reads these variables when it is first imported, so this runs before the
-    model libraries are imported (in ``__main__``) and again before loading (harmless twice).
-    """
-    if offline:
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        os.environ["TRANSFORMERS_OFFLINE"] = "1"
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

@@ -61,7 +61,6 @@ __all__ = ["ApiKey", "Bucket", "KeyLimits", "KeyRing", "Priority", "RateLimiter"
 
 Priority = Literal["interactive", "batch"]
 _RANK: dict[str, int] = {"batch": 0, "interactive": 1}
-BUCKETS_FILE_VARIABLE = "_RERANKER_SERVE_BUCKETS_FILE"  # set by __main__ for worker processes
 
 
 class _KeyEntry(BaseModel):

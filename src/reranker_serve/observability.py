@@ -348,16 +348,4 @@ def configure_logging(*, level: str = "info", fmt: str = "text") -> None:
         lib.propagate = True
     # Our middleware writes the access line (with the request id); uvicorn's would be a duplicate.
     logging.getLogger("uvicorn.access").disabled = True
-    # Libraries that give their logger a stderr handler of their own would print each line twice
-    # (once raw, once through our sink): huggingface_hub's retry warnings, transformers' messages.
-    # They add that handler when first imported, so import them first (after the offline
-    # environment is set: huggingface_hub reads HF_HUB_OFFLINE on import).
-    import huggingface_hub.utils.logging  # noqa: F401
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_default_handler()
-    hf_logging.enable_propagation()
-    for name in ("huggingface_hub", "transformers", "sentence_transformers"):
-        lib = logging.getLogger(name)
-        lib.handlers = []
-        lib.propagate = True
+    # The Hugging Face libraries' loggers: bootstrap.route_library_logging (it imports them).

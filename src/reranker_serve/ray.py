@@ -33,7 +33,8 @@ from typing import Any
 
 from loguru import logger
 
-from reranker_serve.config import ConfigError, Settings, apply_offline_environment, load_settings
+from reranker_serve.bootstrap import check_owned_settings, set_up_process
+from reranker_serve.config import ConfigError, Settings, load_settings
 
 __all__ = ["APP_NAME", "REPLICA_HEADER", "ReplicaFailover", "build_application", "deployment_options", "main",
            "proxy_middlewares"]
@@ -49,20 +50,20 @@ def deployment_options(settings: Settings) -> dict[str, Any]:
     Ray's autoscaler between MIN and MAX replicas on ongoing requests per replica."""
     options: dict[str, Any] = {
         "name": "RerankerDeployment",
-        "max_ongoing_requests": settings.ray_max_ongoing_requests,
-        "ray_actor_options": {"num_cpus": settings.ray_num_cpus, "num_gpus": settings.ray_num_gpus},
+        "max_ongoing_requests": settings.ray.max_ongoing_requests,
+        "ray_actor_options": {"num_cpus": settings.ray.num_cpus, "num_gpus": settings.ray.num_gpus},
         # A replica being replaced gets the same drain time as the plain server after SIGTERM.
         "graceful_shutdown_timeout_s": settings.shutdown_timeout,
     }
-    if settings.ray_max_replicas:
+    if settings.ray.max_replicas:
         options["autoscaling_config"] = {
-            "min_replicas": settings.ray_min_replicas,
-            "initial_replicas": settings.ray_replicas,
-            "max_replicas": settings.ray_max_replicas,
-            "target_ongoing_requests": settings.ray_target_ongoing_requests,
+            "min_replicas": settings.ray.min_replicas,
+            "initial_replicas": settings.ray.replicas,
+            "max_replicas": settings.ray.max_replicas,
+            "target_ongoing_requests": settings.ray.target_ongoing_requests,
         }
     else:
-        options["num_replicas"] = settings.ray_replicas
+        options["num_replicas"] = settings.ray.replicas
     return options
 
 
@@ -234,10 +235,7 @@ def build_application(settings: Settings) -> Any:
     class RerankerDeployment:
         def __init__(self, settings: Settings) -> None:
             # Before any Hugging Face library is imported in this worker process.
-            apply_offline_environment(offline=settings.use_offline_mode)
-            from reranker_serve.observability import configure_logging
-
-            configure_logging(level=settings.log_level, fmt=settings.log_format)
+            set_up_process(settings)
             self.settings = settings
 
         def __serve_build_asgi_app__(self) -> Any:
@@ -256,8 +254,8 @@ def build_application(settings: Settings) -> Any:
 def _start_ray(settings: Settings) -> None:
     import ray
 
-    if settings.ray_address:
-        ray.init(address=settings.ray_address, logging_level="warning")
+    if settings.ray.address:
+        ray.init(address=settings.ray.address, logging_level="warning")
         return
     # The proxy that Serve starts in this cluster inherits this variable and installs our failover
     # (a cluster started elsewhere needs it set where it starts: docs/deployment.md).
@@ -275,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     del argv  # every option is a RERANKER_* variable
     try:
         settings = load_settings()
+        check_owned_settings(settings)
     except ConfigError as exc:
         print(f"reranker-serve[ray]: {exc}", file=sys.stderr)
         return 2
@@ -286,10 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     # Ray reports usage statistics to its developers unless told not to: the server opens no
     # outside connection. Set before Ray starts, so every process of a local cluster inherits it.
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    apply_offline_environment(offline=settings.use_offline_mode)
-    from reranker_serve.observability import configure_logging
-
-    configure_logging(level=settings.log_level, fmt=settings.log_format)
+    set_up_process(settings)
     try:
         _start_ray(settings)
         serve.start(http_options={"host": settings.host, "port": settings.port})
@@ -297,17 +293,17 @@ def main(argv: list[str] | None = None) -> int:
         serve.run(build_application(settings), name=APP_NAME, route_prefix="/", blocking=False)
     except Exception as exc:  # a model that does not load, a port in use, a cluster not reachable
         logger.error("Ray Serve deployment failed: {}", exc)
-        _shutdown(joined=bool(settings.ray_address))
+        _shutdown(joined=bool(settings.ray.address))
         return 1
     # After ray.init: Ray's core installs its own SIGTERM handler, which would kill this process
     # without shutting Serve down.
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    logger.info("serving {} replica(s) on http://{}:{}", settings.ray_replicas, settings.host, settings.port)
+    logger.info("serving {} replica(s) on http://{}:{}", settings.ray.replicas, settings.host, settings.port)
     stop.wait()
     logger.info("shutting down: draining replicas")
-    _shutdown(joined=bool(settings.ray_address))
+    _shutdown(joined=bool(settings.ray.address))
     return 0
 
 

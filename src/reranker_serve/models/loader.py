@@ -15,7 +15,8 @@ from typing import Any, Callable
 
 from loguru import logger
 
-from ..config import ModelSpec, apply_offline_environment
+from ..bootstrap import apply_offline_environment, route_library_logging
+from ..config import ModelSpec
 from ..device import Placement, for_family
 from ..errors import ModelLoadError
 from ..families import Family, UnknownModel, detect
@@ -117,13 +118,8 @@ def _backend(spec: ModelSpec, family: Family, placement: Placement) -> str:
 def load_model(spec: ModelSpec, placement: Placement) -> ScoringModel:
     """Load one model; every failure becomes a ModelLoadError naming the source."""
     apply_offline_environment(offline=spec.offline)
-    from transformers.utils import logging as hf_logging
-
-    # A server's log is lines, not progress bars (they would break JSON logs too); and
-    # transformers' messages go through the one log sink, not a stderr handler of its own.
-    hf_logging.disable_progress_bar()
-    hf_logging.disable_default_handler()
-    hf_logging.enable_propagation()
+    # Also where no serving process set up logging (download's check, the evaluation, tests).
+    route_library_logging()
     if not spec.local:
         spec.cache_dir.mkdir(parents=True, exist_ok=True)
         if not spec.offline:
