@@ -439,10 +439,10 @@ def markdown_table(out: dict, names: list[str]) -> str:
              "|---|---|" + "---|" * n + "---|---|"]
     for name in names:
         runs = rounds.get(name, [])
-        if not runs:
+        if not any(runs):
             continue
-        last = runs[-1]
-        cells = [f"{r['pairs_per_s']:.2f}" for r in runs] + [""] * (n - len(runs))
+        last = [r for r in runs if r][-1]
+        cells = [f"{r['pairs_per_s']:.2f}" if r else "did not start" for r in runs] + [""] * (n - len(runs))
         statuses = ", ".join(f"{k}: {v}" for k, v in sorted(last["statuses"].items()))
         latency = f"{last['p50_ms'] or 0:.0f} / {last['p99_ms'] or 0:.0f}"
         lines.append(f"| {name} | {last['dtype']} | " + " | ".join(cells) + f" | {statuses} | {latency} |")
@@ -857,6 +857,7 @@ def main() -> int:
                     except SystemExit as failed:  # one system that does not start does not end the run
                         print(f"{name:>9}: did not start ({failed})", flush=True)
                         out.setdefault("failed", {})[name] = str(failed)
+                        out.setdefault("rounds", {}).setdefault(name, []).append(None)  # keeps rounds aligned
                         continue
                 try:
                     info = httpx.get(f"{url}/info", timeout=5).json() if name in ("ours", "server") else {}
@@ -870,7 +871,8 @@ def main() -> int:
                         info = {}
                 dtype = _dtype_of(info) or (args.infinity_dtype if name == "infinity" else
                                             "float16" if name == "baseline" and args.baseline_fp16 else
-                                            "bfloat16" if name.endswith("BF16") else "float32")
+                                            "bfloat16" if name.endswith("BF16") else
+                                            name.split("-", 1)[1].lower() if name.startswith("llamacpp-") else "float32")
                 dialect = args.dialect if ours else "native"
                 gpu = _gpu_monitor("cuda" if cuda else "cpu")
                 gpu.start()
