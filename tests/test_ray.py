@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -249,9 +250,16 @@ def test_a_killed_replica_loses_no_request(ray_server, server):
         t.join(60)
     assert not problems, problems[:5]
     assert outcomes["ok"] > 20, outcomes
-    # The kill did hit requests in flight, and the proxy sent them again rather than failing them.
-    assert "Serve ended a request without a reply; sending it again" in log.read_text() or \
-        "sending it to another replica" in log.read_text()
+    # The kill did hit requests in flight, and they were sent again rather than failed: by our
+    # failover layer (a request the dead replica held), or by Serve's own router (a request it
+    # was assigning to the dead replica, logged with its request id). Which of the two a kill
+    # hits is a matter of timing: under load the kill often lands between assignments (seen once
+    # in a full run on a loaded 2-core machine), so either is the evidence; no request was lost.
+    text = log.read_text()
+    assert "Serve ended a request without a reply; sending it again" in text or \
+        "sending it to another replica" in text or \
+        re.search(r"proxy \S+ [0-9a-f-]{36} -- Replica\(.*\) will not be considered for future requests "
+                  r"because it has died", text), "the kill hit no request in flight"
     # Serve replaces the dead replica: a third replica id answers within a bounded time.
     deadline = time.monotonic() + 120
     while len(replicas_seen) < 3 and time.monotonic() < deadline:
