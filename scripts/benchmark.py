@@ -12,6 +12,12 @@
     python scripts/benchmark.py --model /tmp/m/xlmr-mini --in-process --concurrency 32 --requests 96 --rounds 2
     # the score cache on a replayed RAG trace where half the pairs repeat: cache off, then on
     python scripts/benchmark.py --model /tmp/models/bge-reranker-base --cache-trace --repeat-share 0.5
+    # side by side in one run, A B A B (issue 22): ours in several modes, the naive server,
+    # infinity-emb, llama.cpp's llama-server on GGUFs of the same model; table with the CPU's flags
+    python scripts/benchmark.py --model /work/bge-base --requests 8 --docs 20 --concurrency 4 --rounds 2 \
+        --mode default --mode fp32:DTYPE=float32 --mode int8:QUANTIZE=int8 --baseline \
+        --infinity /work/venv-infinity --llamacpp /work/llama.cpp/build/bin/llama-server \
+        --gguf /work/bge-base-Q8_0.gguf --gguf /work/bge-base-BF16.gguf --table
 
 Requests are built from real text (Vaswani by default: ../shared/data/vaswani, or --text FILE
 with one document per line): documents of --min-words..--max-words words (consecutive abstracts
@@ -110,13 +116,37 @@ def matmul_rate(dtype_name: str, n: int = 1024, repeat: int = 20) -> float:
     return 2 * n**3 / best / 1e9
 
 
+# The CPU features that decide which precision pays (bf16 needs AVX512-BF16 or AMX; int8 VNNI).
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def cpu_flags() -> list[str]:
+    try:
+        flags = next(l.split(":", 1)[1].split() for l in open("/proc/cpuinfo") if l.startswith("flags"))
+    except (OSError, StopIteration):
+        return []
+    return [f for f in CPU_FLAGS if f in flags]
+
+
 def machine() -> dict:
     cpu = platform.processor()
     try:
         cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "python": platform.python_version()}
+    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(),
+            "flags": cpu_flags()}
+
+
+def parse_mode(spec: str) -> tuple[str, dict[str, str]]:
+    """``NAME[:KEY=VALUE,...]``: KEY is a RERANKER_ setting (``DTYPE=float32``), or, written
+    ``+KEY``, a raw environment variable (``+ONEDNN_MAX_CPU_ISA=AVX2``)."""
+    name, _, rest = spec.partition(":")
+    env = {}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        env[key[1:] if key.startswith("+") else f"RERANKER_{key.upper()}"] = value
+    return name, env
 
 
 def flops_per_pair(config: dict, tokens: int) -> float:
@@ -190,20 +220,36 @@ def start(cmd: list[str], env: dict, url: str, log: Path, ready_path: str = "/re
     raise SystemExit(f"server not ready after 600 s: see {log}")
 
 
-def start_ours(args: argparse.Namespace, port: int) -> subprocess.Popen:
+def start_ours(args: argparse.Namespace, port: int, mode: dict[str, str] | None = None,
+               name: str = "ours") -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RERANKER_")}
     env.update(RERANKER_MODEL_PATH=str(args.model), RERANKER_PORT=str(port), RERANKER_USE_OFFLINE_MODE="true",
                RERANKER_MAX_LENGTH=str(args.max_length), RERANKER_LOG_LEVEL="warning")
     for setting in args.set or []:
         key, _, value = setting.partition("=")
         env[f"RERANKER_{key.upper()}"] = value
-    return start([sys.executable, "-m", "reranker_serve"], env, f"http://127.0.0.1:{port}", args.logdir / "ours.log")
+    env.update(mode or {})
+    return start([sys.executable, "-m", "reranker_serve"], env, f"http://127.0.0.1:{port}",
+                 args.logdir / f"{name}.log")
 
 
-def start_baseline(args: argparse.Namespace, port: int) -> subprocess.Popen:
+def start_baseline(args: argparse.Namespace, port: int, mode: dict[str, str] | None = None,
+                   name: str = "baseline") -> subprocess.Popen:
     cmd = [sys.executable, str(ROOT / "scripts" / "naive_server.py"), "--model", str(args.model), "--port", str(port),
            "--max-length", str(args.max_length)] + (["--fp16"] if args.baseline_fp16 else [])
-    return start(cmd, dict(os.environ), f"http://127.0.0.1:{port}", args.logdir / "baseline.log")
+    env = {**os.environ, **{k: v for k, v in (mode or {}).items() if not k.startswith("RERANKER_")}}
+    return start(cmd, env, f"http://127.0.0.1:{port}", args.logdir / f"{name}.log")
+
+
+def start_llamacpp(args: argparse.Namespace, port: int, gguf: Path, name: str) -> subprocess.Popen:
+    """llama.cpp's llama-server in reranking mode on a GGUF of the same model (built by the user:
+    docs/benchmarks.md). As many slots as clients, one thread per core, and a micro-batch that
+    holds a whole pair (an encoder's sequence must fit one ubatch)."""
+    slots, window = args.concurrency, args.max_length
+    cmd = [str(args.llamacpp), "--reranking", "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port),
+           "-t", str(len(os.sched_getaffinity(0))), "--parallel", str(slots), "-c", str(slots * window),
+           "-b", str(slots * window), "-ub", str(slots * window), "--no-webui", "--log-disable"]
+    return start(cmd, dict(os.environ), f"http://127.0.0.1:{port}", args.logdir / f"{name}.log", ready_path="/health")
 
 
 def start_infinity(args: argparse.Namespace, port: int) -> subprocess.Popen:
@@ -371,6 +417,36 @@ def report(name: str, result: dict, request_flops: list[float] | None, peak: flo
             result["of_peak"] = gflops / peak
             line += f" ({100 * gflops / peak:.0f}% of matmul peak)"
     print(line, flush=True)
+
+
+def _dtype_of(info: dict) -> str | None:
+    """The dtype our /info reports (per model where it lists models)."""
+    if info.get("dtype"):
+        return info["dtype"]
+    models = info.get("models") or []
+    return models[0].get("dtype") if models and isinstance(models[0], dict) else None
+
+
+def markdown_table(out: dict, names: list[str]) -> str:
+    """Every system's pairs/s in each round (servers run one after another, round after round:
+    A B A B), with the machine and its CPU flags in the header."""
+    m = out["machine"]
+    rounds = out.get("rounds", {})
+    n = max((len(v) for v in rounds.values()), default=0)
+    lines = [f"{m['cpu']}, {m['cores']} cores; CPU flags: {', '.join(m.get('flags') or ['none of ' + '/'.join(CPU_FLAGS)])}",
+             "", "| system | dtype | " + " | ".join(f"round {i + 1} pairs/s" for i in range(n)) +
+             " | statuses (last round) | p50 / p99 ms (last round) |",
+             "|---|---|" + "---|" * n + "---|---|"]
+    for name in names:
+        runs = rounds.get(name, [])
+        if not any(runs):
+            continue
+        last = [r for r in runs if r][-1]
+        cells = [f"{r['pairs_per_s']:.2f}" if r else "did not start" for r in runs] + [""] * (n - len(runs))
+        statuses = ", ".join(f"{k}: {v}" for k, v in sorted(last["statuses"].items()))
+        latency = f"{last['p50_ms'] or 0:.0f} / {last['p99_ms'] or 0:.0f}"
+        lines.append(f"| {name} | {last['dtype']} | " + " | ".join(cells) + f" | {statuses} | {latency} |")
+    return "\n".join(lines)
 
 
 # -- overhead ---------------------------------------------------------------------------------------
@@ -701,7 +777,19 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=50, help="--overhead: requests to time")
     ap.add_argument("--logdir", type=Path, default=Path("/tmp"))
     ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--mode", action="append", metavar="NAME[:KEY=VALUE,...]",
+                    help="one of our servers per mode, e.g. fp32:DTYPE=float32, int8:QUANTIZE=int8, "
+                         "torch:BACKEND=torch; +KEY=VALUE sets a raw environment variable "
+                         "(avx2:+ONEDNN_MAX_CPU_ISA=AVX2,+ATEN_CPU_CAPABILITY=avx2); default: the defaults")
+    ap.add_argument("--baseline-mode", action="append", metavar="NAME:+KEY=VALUE,...",
+                    help="also the naive server under these environment variables (e.g. ISA emulation)")
+    ap.add_argument("--llamacpp", type=Path, metavar="BIN", help="llama.cpp's llama-server binary (docs/benchmarks.md)")
+    ap.add_argument("--gguf", type=Path, action="append", metavar="FILE",
+                    help="with --llamacpp: a GGUF of the same model (repeatable: Q8_0, BF16)")
+    ap.add_argument("--table", action="store_true", help="print a markdown table of every round (A B A B)")
     args = ap.parse_args()
+    if args.gguf and not args.llamacpp:
+        ap.error("--gguf needs --llamacpp BIN")
     if not args.model and not args.url:
         ap.error("give --model (start servers) or --url (use a running one)")
 
@@ -732,11 +820,25 @@ def main() -> int:
             print(f"gpu: {out['gpu']}")
         else:
             peaks = {d: matmul_rate(d) for d in ("float32", "bfloat16")} if args.model else {}
-        targets: list = [("server", None)] if args.url else [("ours", start_ours)]
+        targets: list = [("server", None)] if args.url else []
+        if args.model and not args.url:
+            # Ours once per --mode (default: one, the defaults), each a server of its own.
+            for spec in args.mode or ["default"]:
+                mode_name, mode = parse_mode(spec)
+                name = "ours" if mode_name == "default" and not mode else f"ours-{mode_name}"
+                targets.append((name, lambda a, port, mode=mode, name=name: start_ours(a, port, mode, name)))
         if args.baseline and args.model:
             targets.append(("baseline", start_baseline))
+            for spec in args.baseline_mode or []:
+                mode_name, mode = parse_mode(spec)
+                name = f"baseline-{mode_name}"
+                targets.append((name, lambda a, port, mode=mode, name=name: start_baseline(a, port, mode, name)))
         if args.infinity and args.model:
             targets.append(("infinity", start_infinity))
+        if args.llamacpp:
+            for gguf in args.gguf or []:
+                name = "llamacpp-" + gguf.stem.rsplit("-", 1)[-1]  # bge-base-Q8_0.gguf -> llamacpp-Q8_0
+                targets.append((name, lambda a, port, gguf=gguf, name=name: start_llamacpp(a, port, gguf, name)))
         # --rounds N repeats the whole set (in-process, then each server) N times: on a noisy machine
         # only ratios taken within one round compare; the median of them is reported.
         shares: list[float] = []
@@ -750,14 +852,28 @@ def main() -> int:
                 proc, url = None, args.url
                 if starter is not None:
                     port = free_port()
-                    proc, url = starter(args, port), f"http://127.0.0.1:{port}"
+                    try:
+                        proc, url = starter(args, port), f"http://127.0.0.1:{port}"
+                    except SystemExit as failed:  # one system that does not start does not end the run
+                        print(f"{name:>9}: did not start ({failed})", flush=True)
+                        out.setdefault("failed", {})[name] = str(failed)
+                        out.setdefault("rounds", {}).setdefault(name, []).append(None)  # keeps rounds aligned
+                        continue
                 try:
                     info = httpx.get(f"{url}/info", timeout=5).json() if name in ("ours", "server") else {}
                 except (httpx.HTTPError, ValueError):
                     info = {}
-                dtype = info.get("dtype") or (args.infinity_dtype if name == "infinity" else
-                                              "float16" if name == "baseline" and args.baseline_fp16 else "float32")
-                dialect = args.dialect if name in ("ours", "server") else "native"
+                ours = name in ("ours", "server") or name.startswith("ours-")
+                if not info and ours:
+                    try:
+                        info = httpx.get(f"{url}/info", timeout=5).json()
+                    except (httpx.HTTPError, ValueError):
+                        info = {}
+                dtype = _dtype_of(info) or (args.infinity_dtype if name == "infinity" else
+                                            "float16" if name == "baseline" and args.baseline_fp16 else
+                                            "bfloat16" if name.endswith("BF16") else
+                                            name.split("-", 1)[1].lower() if name.startswith("llamacpp-") else "float32")
+                dialect = args.dialect if ours else "native"
                 gpu = _gpu_monitor("cuda" if cuda else "cpu")
                 gpu.start()
                 # Unmeasured passes pay per-shape preparation before timing; the score cache is bypassed in
@@ -766,15 +882,17 @@ def main() -> int:
                     asyncio.run(run_load(url, dialect, requests, args.concurrency, {**headers, "Cache-Control": "no-store"}))
                 cpu_before = process_cpu_seconds(proc.pid) if proc is not None else 0.0
                 result = asyncio.run(run_load(url, dialect, requests, args.concurrency, headers,
-                                              probe_health=name in ("ours", "server")))
+                                              probe_health=ours))
                 if proc is not None and result["pairs"]:
                     result["cpu_ms_per_pair"] = 1000 * (process_cpu_seconds(proc.pid) - cpu_before) / result["pairs"]
                 result.update(gpu.stop())
                 result["dtype"] = dtype
-                if name in ("ours", "server"):
+                if ours:
                     result.update(batching(url))
                     result["info"] = info  # device, dtype, attention (the unpadded self-check's verdict)
                 out[name] = result
+                out.setdefault("rounds", {}).setdefault(name, []).append(
+                    {k: result[k] for k in ("pairs_per_s", "p50_ms", "p99_ms", "statuses", "dtype")})
                 print(f"{name:>9}: {result['pairs_per_s']:.2f} pairs/s, statuses {result['statuses']}", flush=True)
                 if proc is not None:
                     proc.terminate()
@@ -791,7 +909,8 @@ def main() -> int:
             print(f"{size} matmul, GFLOP/s: " + ", ".join(f"{d} {v:.0f}" for d, v in peaks.items()))
         names = [name for name, _ in targets] + (["in-process", "engine"] if "in-process" in out else [])
         for name in names:
-            report(name, out[name], useful, peaks.get(out[name]["dtype"]))
+            if name in out:
+                report(name, out[name], useful, peaks.get(out[name]["dtype"]))
         if "in-process" in out and "ours" in out:
             share = out["ours"]["pairs_per_s"] / out["in-process"]["pairs_per_s"]
             out["server_of_in_process"] = share
@@ -805,11 +924,13 @@ def main() -> int:
                 out["server_of_in_process_cpu"] = cpu_share
                 line += f", {100 * cpu_share:.0f}% (CPU per pair: the rate it reaches when CPU-bound)"
             print(line)
-        for other in ("baseline", "infinity"):
-            if "ours" in out and other in out:
+        for other in [name for name, _ in targets if not name.startswith("ours")]:
+            if "ours" in out and other in out and out[other]["pairs_per_s"]:
                 ratio = out["ours"]["pairs_per_s"] / out[other]["pairs_per_s"]
                 out[f"ratio_{other}"] = ratio
                 print(f"ours / {other} throughput: {ratio:.2f}x")
+        if args.table:
+            print(markdown_table(out, [name for name, _ in targets]))
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
     return 0

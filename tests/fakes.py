@@ -28,9 +28,11 @@ class FakeModel:
     asynchronous = False
     launch = None  # only the blocking forward (subclasses that pipeline define launch)
 
-    def __init__(self, *, delay: float = 0.0, fail_on: int | None = None, oom_above: int | None = None) -> None:
+    def __init__(self, *, delay: float = 0.0, fail_on: int | None = None, oom_above: int | None = None,
+                 clock=None) -> None:
         self.batches: list[list[Pair]] = []
         self.delay = delay
+        self.clock = clock  # a FakeClock (tests/clocks.py): a pass advances it by `delay` instead of sleeping
         self.fail_on = fail_on  # a pair holding this token id makes the forward pass raise
         self.oom_above = oom_above  # batches larger than this raise an out-of-memory error
         self.gate = threading.Event()
@@ -47,7 +49,9 @@ class FakeModel:
         if self.oom_above is not None and len(batch) > self.oom_above:
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
         self.batches.append(list(batch))
-        if self.delay:
+        if self.delay and self.clock is not None:
+            self.clock.advance(self.delay)
+        elif self.delay:
             time.sleep(self.delay)
         if self.fail_on is not None and any(self.fail_on in p.ids for p in batch):
             raise RuntimeError("simulated kernel failure")

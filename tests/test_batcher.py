@@ -1,14 +1,22 @@
-"""The scheduler, with a fake model that records batch composition."""
+"""The scheduler, with a fake model that records batch composition.
+
+Time is a FakeClock (tests/clocks.py) that only the test or the fake model moves, and the tests
+wait for events (a forward pass entered, pairs admitted), never for the wall: nothing here
+depends on how fast a loaded machine runs.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import random
+import threading
 
 import pytest
 
 from reranker_serve.batcher import Batcher
 from reranker_serve.errors import ErrorKind, RerankError
 from reranker_serve.models.base import Pair
+from clocks import FakeClock
 from fakes import FakeModel, fake_score
 
 pytestmark = pytest.mark.anyio
@@ -24,11 +32,26 @@ def pairs(*lengths: int, token: int = 5) -> list[Pair]:
 
 
 def make(model: FakeModel, **kw) -> Batcher:
-    opts = dict(max_batch_tokens=64, max_batch_size=8, max_queue=100)
+    opts = dict(max_batch_tokens=64, max_batch_size=8, max_queue=100, clock=model.clock or FakeClock())
     opts.update(kw)
     b = Batcher(model.forward, **opts)
     b.start()
     return b
+
+
+async def entered(model: FakeModel) -> None:
+    """Until the worker is inside a forward pass (a thread event, waited off the loop)."""
+    assert await asyncio.to_thread(model.entered.wait, 30), "the worker never ran a batch"
+
+
+async def admitted(batcher: Batcher, queued: int) -> None:
+    """Until ``queued`` pairs are admitted: submissions scheduled as tasks run up to their wait
+    within a few turns of the loop (admission itself never waits)."""
+    for _ in range(1000):
+        if batcher.queued_pairs >= queued:
+            break
+        await asyncio.sleep(0)
+    assert batcher.queued_pairs == queued
 
 
 async def hold(model: FakeModel, batcher: Batcher) -> asyncio.Task:
@@ -36,18 +59,18 @@ async def hold(model: FakeModel, batcher: Batcher) -> asyncio.Task:
     model.gate.clear()
     model.entered.clear()
     task = asyncio.ensure_future(batcher.submit([Pair([999])], timeout=30))
-    while not model.entered.is_set():
-        await asyncio.sleep(0.005)
+    await entered(model)
     return task
 
 
 async def test_concurrent_requests_share_batches_and_map_back():
-    model = FakeModel()
+    clock = FakeClock()
+    model = FakeModel(delay=0.01, clock=clock)  # each pass "takes" 10 ms of the fake clock
     batcher = make(model)
     blocker = await hold(model, batcher)
     jobs = [pairs(3, 4, 2, token=10 * k) for k in range(1, 4)]
     tasks = [asyncio.ensure_future(batcher.submit(j, timeout=30)) for j in jobs]
-    await asyncio.sleep(0.05)
+    await admitted(batcher, 1 + 9)
     model.gate.set()
     results = await asyncio.gather(*tasks)
     await blocker
@@ -66,7 +89,7 @@ async def test_token_budget_and_size_cap_hold():
     lengths = [1, 20, 5, 13, 7, 2, 9, 19, 3, 11, 4, 6, 8]
     tasks = [asyncio.ensure_future(batcher.submit(pairs(*lengths[i::3], token=100 * (i + 1)), timeout=30))
              for i in range(3)]
-    await asyncio.sleep(0.05)
+    await admitted(batcher, 1 + len(lengths))
     model.gate.set()
     await asyncio.gather(*tasks, blocker)
     for batch in model.batches:
@@ -94,7 +117,7 @@ async def test_failure_fails_only_the_affected_request_and_the_engine_recovers()
     blocker = await hold(model, batcher)
     poisoned = asyncio.ensure_future(batcher.submit([Pair([666] * 30), Pair([1] * 30)], timeout=30))
     healthy = asyncio.ensure_future(batcher.submit([Pair([2] * 3), Pair([3] * 2)], timeout=30))
-    await asyncio.sleep(0.05)
+    await admitted(batcher, 1 + 4)
     model.gate.set()
     with pytest.raises(RerankError) as info:
         await poisoned
@@ -112,7 +135,7 @@ async def test_queue_full_is_overloaded_with_retry_after():
     batcher = make(model, max_queue=10)
     blocker = await hold(model, batcher)
     waiting = asyncio.ensure_future(batcher.submit(pairs(1, 1, 1, 1, 1, 1, 1, 1), timeout=30))
-    await asyncio.sleep(0.01)
+    await admitted(batcher, 1 + 8)
     with pytest.raises(RerankError) as info:
         await batcher.submit(pairs(1, 1, 1), timeout=30)
     assert info.value.kind is ErrorKind.OVERLOADED and info.value.kind.status == 429
@@ -124,11 +147,15 @@ async def test_queue_full_is_overloaded_with_retry_after():
 
 
 async def test_deadline_is_a_timeout_and_its_pairs_are_dropped():
-    model = FakeModel()
+    clock = FakeClock()
+    model = FakeModel(clock=clock)
     batcher = make(model)
     blocker = await hold(model, batcher)
+    late = asyncio.ensure_future(batcher.submit([Pair([42, 42])], timeout=0.05))
+    await admitted(batcher, 1 + 1)
+    clock.advance(0.06)  # past its deadline while the worker is still busy
     with pytest.raises(RerankError) as info:
-        await batcher.submit([Pair([42, 42])], timeout=0.05)
+        await late
     assert info.value.kind is ErrorKind.TIMEOUT and info.value.kind.status == 504
     model.gate.set()
     await blocker
@@ -144,9 +171,10 @@ async def test_cancelled_request_is_skipped():
     blocker = await hold(model, batcher)
     gone = asyncio.ensure_future(batcher.submit([Pair([77] * 5), Pair([78] * 4)], timeout=30))
     kept = asyncio.ensure_future(batcher.submit([Pair([5] * 5)], timeout=30))
-    await asyncio.sleep(0.02)
+    await admitted(batcher, 1 + 3)
     gone.cancel()
-    await asyncio.sleep(0.02)
+    with pytest.raises(asyncio.CancelledError):
+        await gone  # its pairs are dropped when the cancellation reaches it
     model.gate.set()
     await asyncio.gather(kept, blocker)
     scored = model.scored_ids()
@@ -170,34 +198,36 @@ async def test_close_fails_waiting_requests():
     batcher = make(model)
     blocker = await hold(model, batcher)
     waiting = asyncio.ensure_future(batcher.submit(pairs(3), timeout=30))
-    await asyncio.sleep(0.01)
+    await admitted(batcher, 1 + 1)
     closing = asyncio.ensure_future(asyncio.to_thread(batcher.close))  # joins the busy worker
-    await asyncio.sleep(0.05)
+    with pytest.raises(RerankError) as info:
+        await waiting  # failed by close() before it joins the worker
+    assert info.value.kind is ErrorKind.NOT_READY
     model.gate.set()
     await closing
     await blocker  # the batch in flight still finishes
-    with pytest.raises(RerankError) as info:
-        await waiting
-    assert info.value.kind is ErrorKind.NOT_READY
     with pytest.raises(RerankError, match="shutting down"):
         await batcher.submit(pairs(1), timeout=1)
 
 
 async def test_request_that_cannot_meet_its_deadline_is_refused_at_once():
-    model = FakeModel(delay=0.05)  # ~20 batches/s
+    clock = FakeClock()
+    model = FakeModel(delay=0.05, clock=clock)  # a pass "takes" 50 ms: 20 batches/s
     batcher = make(model, max_batch_size=1, max_queue=1000)
-    await batcher.submit(pairs(1, 1), timeout=30)  # the batcher learns its rate (~20 pairs/s)
+    await batcher.submit(pairs(1, 1), timeout=30)  # the batcher learns its rate (20 pairs/s)
     blocker = await hold(model, batcher)
-    backlog = asyncio.ensure_future(batcher.submit(pairs(*[1] * 40), timeout=30))  # ~2 s of work
-    await asyncio.sleep(0.01)
-    started = asyncio.get_running_loop().time()
+    backlog = asyncio.ensure_future(batcher.submit(pairs(*[1] * 40), timeout=30))  # 2 s of work
+    await admitted(batcher, 1 + 40)
+    started = clock.now()
     with pytest.raises(RerankError) as info:
-        # Fair queuing: it would share the model with the backlog, 15 + 15 pairs at ~20/s.
-        await batcher.submit(pairs(*[1] * 15), timeout=0.5)
+        # Fair queuing: it would share the model with the backlog, 15 + 15 pairs at 20/s.
+        await batcher.submit(pairs(*[1] * 15, token=500), timeout=0.5)
     assert info.value.kind is ErrorKind.OVERLOADED and "request timeout" in info.value.message
-    assert asyncio.get_running_loop().time() - started < 0.3  # refused at once, well before its 0.5 s deadline
+    assert int(info.value.headers["Retry-After"]) >= 1
+    assert clock.now() == started and batcher.queued_pairs == 1 + 40  # refused at once: no time, no queue
     model.gate.set()
     await asyncio.gather(backlog, blocker)
+    assert not any(500 <= p.ids[0] < 515 for b in model.batches for p in b)  # none of its pairs computed
     batcher.close()
 
 
@@ -209,7 +239,7 @@ async def test_unpadded_batches_count_real_tokens():
     blocker = await hold(model, batcher)
     lengths = [20, 2, 3, 1, 4, 2, 15, 5, 3]
     task = asyncio.ensure_future(batcher.submit(pairs(*lengths), timeout=30))
-    await asyncio.sleep(0.05)
+    await admitted(batcher, 1 + len(lengths))
     model.gate.set()
     result = await task
     await blocker
@@ -283,7 +313,10 @@ def _pairs(n: int, token: int) -> list:
 def _held(model: FakeModel, **options: object) -> Batcher:
     """A started batcher of two-pair batches whose first forward pass waits for model.gate."""
     model.gate.clear()
-    batcher = Batcher(model.forward, **{"max_batch_tokens": 1000, "max_batch_size": 2, "max_queue": 100, **options})
+    model.entered.clear()
+    options = {"max_batch_tokens": 1000, "max_batch_size": 2, "max_queue": 100, **options}
+    options.setdefault("clock", model.clock or FakeClock())
+    batcher = Batcher(model.forward, **options)
     batcher.start()
     return batcher
 
@@ -296,7 +329,7 @@ def _run(batcher: Batcher, scenario) -> object:
 
 
 def test_interactive_pairs_go_before_a_batch_flood():
-    model = FakeModel(delay=0.01)
+    model = FakeModel()
     batcher = _held(model)  # the first batch waits until everything is queued
 
     async def scenario() -> list[str]:
@@ -307,9 +340,9 @@ def test_interactive_pairs_go_before_a_batch_flood():
             finished.append(name)
 
         flood = asyncio.ensure_future(run("batch", _pairs(12, 7), "batch"))
-        await asyncio.sleep(0.05)  # the flood is admitted and its first batch is held in forward()
+        await entered(model)  # the flood is admitted and its first batch is held in forward()
         chat = asyncio.ensure_future(run("interactive", _pairs(2, 9), "interactive"))
-        await asyncio.sleep(0.05)
+        await admitted(batcher, 12 + 2)
         model.gate.set()
         await asyncio.gather(flood, chat)
         return finished
@@ -321,16 +354,18 @@ def test_interactive_pairs_go_before_a_batch_flood():
 
 
 def test_batch_work_that_waited_long_enough_is_served_first():
-    model = FakeModel()
-    batcher = _held(model, batch_max_wait=0.05)
+    clock = FakeClock()
+    model = FakeModel(clock=clock)
+    batcher = _held(model, bulk_max_wait=0.05)
 
     async def scenario() -> None:
         first = asyncio.ensure_future(batcher.submit(_pairs(1, 1), priority="interactive"))  # held in forward()
-        await asyncio.sleep(0.02)
+        await entered(model)
         old = asyncio.ensure_future(batcher.submit(_pairs(2, 7), priority="batch"))
-        await asyncio.sleep(0.1)  # older than batch_max_wait now
+        await admitted(batcher, 1 + 2)
+        clock.advance(0.1)  # older than bulk_max_wait now
         new = asyncio.ensure_future(batcher.submit(_pairs(2, 9), priority="interactive"))
-        await asyncio.sleep(0.02)
+        await admitted(batcher, 1 + 2 + 2)
         model.gate.set()
         await asyncio.gather(first, old, new)
 
@@ -338,42 +373,69 @@ def test_batch_work_that_waited_long_enough_is_served_first():
     assert [p.ids[0] for p in model.batches[1]] == [7, 7]  # aged batch work went before the new request
 
 
+def test_batch_work_that_has_not_waited_long_enough_goes_after_interactive():
+    # The counterpart of the test above, the same scenario without the clock moving: the rule
+    # is the age, not the order of arrival.
+    model = FakeModel()
+    batcher = _held(model, bulk_max_wait=0.05)
+
+    async def scenario() -> None:
+        first = asyncio.ensure_future(batcher.submit(_pairs(1, 1), priority="interactive"))
+        await entered(model)
+        old = asyncio.ensure_future(batcher.submit(_pairs(2, 7), priority="batch"))
+        await admitted(batcher, 1 + 2)
+        new = asyncio.ensure_future(batcher.submit(_pairs(2, 9), priority="interactive"))
+        await admitted(batcher, 1 + 2 + 2)
+        model.gate.set()
+        await asyncio.gather(first, old, new)
+
+    _run(batcher, scenario)
+    assert [p.ids[0] for p in model.batches[1]] == [9, 9]
+
+
 def test_batch_work_cannot_fill_the_room_kept_for_interactive_requests():
     model = FakeModel()
-    batcher = _held(model, max_queue=20, batch_queue_share=0.5)
+    batcher = _held(model, max_queue=20, bulk_queue_share=0.5)
 
     async def scenario() -> None:
         held = asyncio.ensure_future(batcher.submit(_pairs(8, 7), priority="batch"))
-        await asyncio.sleep(0.05)
+        await entered(model)
         with pytest.raises(RerankError) as refused:
             await batcher.submit(_pairs(4, 7), priority="batch")  # 8 + 4 > 10 kept for batch work
         assert refused.value.kind is ErrorKind.OVERLOADED and "batch work may fill 10 of the 20" in refused.value.message
         chat = asyncio.ensure_future(batcher.submit(_pairs(4, 9), priority="interactive"))  # fits the rest
-        await asyncio.sleep(0.02)
+        await admitted(batcher, 8 + 4)
         model.gate.set()
         await asyncio.gather(held, chat)
 
     _run(batcher, scenario)
 
 
-def _reference_batch(batcher: Batcher, jobs: list) -> list[tuple[int, int, int]]:
-    """The selection rule written the plain way (sort every waiting pair): (urgency, length, seq) of each pick."""
-    import time as _time
-
-    aged = _time.perf_counter() - batcher.batch_max_wait
-    urgency = {job.seq: int(job.batch and job.admitted > aged) for job in jobs}
-    seed = min(jobs, key=lambda job: (urgency[job.seq], job.served, job.seq))
-    width = max(len(seed.pairs[i]) for i in seed.remaining)
-    waiting = sorted((urgency[job.seq], -len(job.pairs[i]), job.seq)
-                     for job in jobs for i in job.remaining if len(job.pairs[i]) <= width)
-    if batcher.padded:
-        return waiting[: max(1, min(batcher.max_batch_size, batcher.max_batch_tokens // width))]
-    out, tokens = [], 0
-    for pick in waiting[: batcher.max_batch_size]:
-        tokens -= pick[1]
-        if out and tokens > batcher.max_batch_tokens:
-            break
-        out.append(pick)
+def _reference_batches(jobs: list[tuple[list[int], int]], *, padded: bool, max_batch_tokens: int,
+                       max_batch_size: int) -> list[list[tuple[int, int]]]:
+    """The selection rule written the plain way (sort every waiting pair), for jobs given as
+    (pair lengths, urgency) in admission order: the (length, job) of each batch's pairs."""
+    remaining = [list(lengths) for lengths, _ in jobs]
+    served = [0] * len(jobs)
+    out = []
+    while any(remaining):
+        live = [k for k in range(len(jobs)) if remaining[k]]
+        seed = min(live, key=lambda k: (jobs[k][1], served[k], k))
+        width = max(remaining[seed])
+        waiting = sorted((jobs[k][1], -n, k) for k in live for n in remaining[k] if n <= width)
+        if padded:
+            picks = waiting[: max(1, min(max_batch_size, max_batch_tokens // width))]
+        else:
+            picks, tokens = [], 0
+            for pick in waiting[:max_batch_size]:
+                tokens -= pick[1]
+                if picks and tokens > max_batch_tokens:
+                    break
+                picks.append(pick)
+        for _, neg, k in picks:
+            remaining[k].remove(-neg)
+            served[k] += width if padded else -neg
+        out.append(sorted((-neg, k) for _, neg, k in picks))
     return out
 
 
@@ -381,48 +443,51 @@ def _reference_batch(batcher: Batcher, jobs: list) -> list[tuple[int, int, int]]
 def test_batch_selection_follows_the_rule_on_random_queues(padded):
     # The batcher picks from per-job length orders by a merge; whatever it picks must be exactly
     # what sorting every waiting pair by (class, length, age) and filling the budget would pick.
-    import random
-
-    from reranker_serve.batcher import _Job
-
     rng = random.Random(7)
-    loop = asyncio.new_event_loop()
-    try:
-        for trial in range(30):
-            batcher = Batcher(lambda p: [0.0] * len(p), max_batch_tokens=rng.choice([64, 256, 1024]),
-                              max_batch_size=rng.choice([4, 8, 32]), max_queue=10_000, padded=padded,
-                              batch_max_wait=0.0 if trial % 3 == 0 else 10.0)
-            for seq in range(rng.randint(1, 12)):
-                job = _Job([Pair([1] * rng.randint(1, 200)) for _ in range(rng.randint(1, 20))], loop,
-                           loop.create_future(), seq, batch=rng.random() < 0.4)
-                batcher._jobs.append(job)
-                batcher._queued += len(job.pairs)
-            while batcher._jobs:
-                expected = _reference_batch(batcher, list(batcher._jobs))
-                picked = batcher._take_batch()
-                got = sorted((-len(job.pairs[i]), job.seq) for job, i in picked)
-                assert got == sorted((neg, seq) for _, neg, seq in expected), trial
-                assert len({(job.seq, i) for job, i in picked}) == len(picked)  # no pair twice
-    finally:
-        loop.close()
+    for trial in range(30):
+        model = FakeModel()
+        budget, size = rng.choice([64, 256, 1024]), rng.choice([4, 8, 32])
+        # bulk_max_wait 0: bulk work counts as aged at once (interactive); 10 s: never, here.
+        aged = trial % 3 == 0
+        batcher = _held(model, max_batch_tokens=budget, max_batch_size=size, max_queue=10_000, padded=padded,
+                        bulk_max_wait=0.0 if aged else 10.0)
+        jobs = [([rng.randint(1, 200) for _ in range(rng.randint(1, 20))], rng.random() < 0.4)
+                for _ in range(rng.randint(1, 12))]
+
+        async def scenario() -> None:
+            blocker = asyncio.ensure_future(batcher.submit([Pair([9999])]))  # held in forward()
+            await entered(model)
+            tasks = [asyncio.ensure_future(batcher.submit([Pair([k] * n) for n in lengths],
+                                                          priority="batch" if bulk else "interactive"))
+                     for k, (lengths, bulk) in enumerate(jobs)]
+            await admitted(batcher, 1 + sum(len(lengths) for lengths, _ in jobs))
+            model.gate.set()
+            results = await asyncio.gather(blocker, *tasks)
+            for (lengths, _), result in zip(jobs, results[1:]):
+                assert len(result.scores) == len(lengths)
+
+        _run(batcher, scenario)
+        expected = _reference_batches([(lengths, int(bulk and not aged)) for lengths, bulk in jobs],
+                                      padded=padded, max_batch_tokens=budget, max_batch_size=size)
+        got = [sorted((len(p), p.ids[0]) for p in batch) for batch in model.batches[1:]]
+        assert got == expected, trial
 
 
 class _Launcher:
-    """A device that computes asynchronously: launch returns at once, result() waits ``delay``."""
+    """A device that computes asynchronously: launch returns at once, result() "takes" ``delay``
+    seconds of the fake clock from its launch."""
 
-    def __init__(self, delay: float) -> None:
-        import time as _time
-
-        self.delay, self.events, self._time = delay, [], _time
+    def __init__(self, delay: float, clock: FakeClock) -> None:
+        self.delay, self.clock, self.events = delay, clock, []
 
     def launch(self, pairs):
         number = sum(1 for kind, _ in self.events if kind == "launch") + 1
         self.events.append(("launch", number))
-        started, launcher = self._time.perf_counter(), self
+        started, launcher = self.clock.now(), self
 
         class Pending:
             def result(self) -> list[float]:
-                launcher._time.sleep(max(0.0, launcher.delay - (launcher._time.perf_counter() - started)))
+                launcher.clock.advance(max(0.0, launcher.delay - (launcher.clock.now() - started)))
                 launcher.events.append(("done", number))
                 return [fake_score(p) for p in pairs]
 
@@ -439,9 +504,10 @@ class _Launcher:
 
 @pytest.mark.parametrize("ahead_below,expected", [(None, 2), (1.0, 2), (0.005, 1)])
 def test_batches_are_launched_ahead_only_while_they_are_short(ahead_below, expected):
-    launcher = _Launcher(delay=0.02)
+    clock = FakeClock()
+    launcher = _Launcher(delay=0.02, clock=clock)
     batcher = Batcher(lambda p: [fake_score(x) for x in p], launch=launcher.launch, depth=2, ahead_below=ahead_below,
-                      max_batch_tokens=64, max_batch_size=1, max_queue=100)
+                      max_batch_tokens=64, max_batch_size=1, max_queue=100, clock=clock)
     batcher.start()
 
     async def scenario():
@@ -466,9 +532,9 @@ def test_a_huge_request_is_split_and_a_small_one_arriving_behind_it_rides_the_ne
 
     async def scenario() -> None:
         huge = asyncio.ensure_future(batcher.submit([Pair([7] * 32) for _ in range(200)]))  # 100 batches of 2
-        await asyncio.sleep(0.05)  # its first batch is held in forward()
+        await entered(model)  # its first batch is held in forward()
         small = asyncio.ensure_future(batcher.submit([Pair([9] * 20) for _ in range(3)]))
-        await asyncio.sleep(0.05)
+        await admitted(batcher, 200 + 3)
         model.gate.set()
         await asyncio.gather(huge, small)
 
@@ -479,22 +545,53 @@ def test_a_huge_request_is_split_and_a_small_one_arriving_behind_it_rides_the_ne
     assert len(model.batches) == 101  # the small one's 3 pairs (3 x 20 tokens) made one batch
 
 
+class _Stepped(FakeModel):
+    """A model that runs one forward pass per ``step()``: the test decides what arrives between two."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._steps = threading.Semaphore(0)
+        self._taken = threading.Semaphore(0)
+        self.free = False
+
+    def forward(self, batch):
+        self.batches.append(list(batch))
+        self._taken.release()
+        if not self.free:
+            self._steps.acquire(timeout=30)
+        return [fake_score(p) for p in batch]
+
+    async def next_batch_taken(self) -> None:
+        assert await asyncio.to_thread(self._taken.acquire, True, 30)
+
+    def step(self) -> None:
+        self._steps.release()
+
+    def run_free(self) -> None:
+        self.free = True
+        self._steps.release()
+
+
 def test_newcomers_do_not_starve_an_old_request():
     """The virtual clock: a request admitted later starts at the tokens served so far, so the
     old request keeps getting its share while new ones keep arriving."""
-    from reranker_serve.batcher import _Job
+    model = _Stepped()
+    batcher = Batcher(model.forward, max_batch_tokens=64, max_batch_size=2, max_queue=10_000, clock=FakeClock())
+    batcher.start()
 
-    loop = asyncio.new_event_loop()
-    try:
-        batcher = Batcher(lambda p: [0.0] * len(p), max_batch_tokens=64, max_batch_size=2, max_queue=10_000)
-        old = _Job([Pair([1] * 32) for _ in range(40)], loop, loop.create_future(), 1)
-        batcher._jobs.append(old)
-        seeds = []
-        for seq in range(2, 12):  # a new small request before every batch
-            batcher._jobs.append(_Job([Pair([2] * 32) for _ in range(4)], loop, loop.create_future(), seq,
-                                      served=batcher._vtime))
-            picked = batcher._take_batch()
-            seeds.append(picked[0][0].seq)
-        assert seeds.count(1) >= 3, seeds  # the old request was served along the way
-    finally:
-        loop.close()
+    async def scenario() -> list[list[Pair]]:
+        old = asyncio.ensure_future(batcher.submit([Pair([1] * 32) for _ in range(40)]))
+        await model.next_batch_taken()  # its first batch is in forward()
+        newcomers = []
+        for _ in range(10):  # a new small request before every batch
+            newcomers.append(asyncio.ensure_future(batcher.submit([Pair([2] * 32) for _ in range(4)])))
+            await admitted(batcher, 40 + 4 * len(newcomers) - 2 * (len(model.batches) - 1))
+            model.step()
+            await model.next_batch_taken()
+        model.run_free()
+        await asyncio.gather(old, *newcomers)
+        return model.batches[1:11]
+
+    batches = _run(batcher, scenario)
+    served_old = sum(1 for batch in batches if any(p.ids[0] == 1 for p in batch))
+    assert served_old >= 3, [[p.ids[0] for p in b] for b in batches]  # the old request was served along the way

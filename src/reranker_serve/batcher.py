@@ -22,19 +22,38 @@ A request starts with the tokens served to the last seed at its arrival (a virtu
 zero, so newcomers cannot starve an old request either: N waiting requests of one class each
 get about 1/N of the model's tokens, and the oldest wins ties.
 
-Priorities: a request is ``interactive`` (the default) or ``batch``. Interactive pairs go first,
-so under a batch flood an interactive request waits for at most the batch in flight plus its
-own. A batch request that has waited ``batch_max_wait`` seconds counts as interactive (age
-raises priority, so batch work is never starved), and batch work may fill only
-``batch_queue_share`` of the queue, which keeps room for interactive requests (a 429 for the
+Priorities: a request is ``interactive`` (the default) or ``batch`` (the public X-Priority
+value); here the low class is called *bulk*, because "batch" already means a forward pass.
+Interactive pairs go first, so under a bulk flood an interactive request waits for at most the
+batch in flight plus its own. A bulk request that has waited ``bulk_max_wait`` seconds counts as
+interactive (age raises priority, so bulk work is never starved), and bulk work may fill only
+``bulk_queue_share`` of the queue, which keeps room for interactive requests (a 429 for the
 flood, not for the chat user).
+
+Admission by estimated wait (issue 22): a request that would sit in the queue past its deadline
+costs compute and still fails (504). So admission estimates, from the measured rate (real tokens
+per second, a moving average over batches), when a request would finish, and refuses at once
+(429 with Retry-After) one that would not finish within ``ADMISSION_HEADROOM`` of its deadline,
+or one whose admission would push an admitted request of its class past its own. Under fair
+queuing a request waits for the batches in flight, for every more urgent request in full, and of
+each request of its class for at most as many tokens as it needs itself; a newcomer delays each
+admitted request of its class by the same amount. Before a rate is measured (cold start) every
+request is admitted: its batches measure the rate.
+
+Where the deadline is the default (``stretch_deadline``: RERANKER_REQUEST_TIMEOUT not set), it
+adapts to slow hardware: a request gets at least ``DEADLINE_SHARES`` times its own compute time at
+the measured rate (room to share the model with three requests of its size), so a machine too slow
+to score a request in 60 s still serves it instead of refusing everything. The queue bound adapts
+with the same estimate: besides ``max_queue`` pairs, the queue holds only what the measured rate
+scores within the deadline (at 2,000 tokens/s and 60 s: 120,000 tokens, ~600 Vaswani pairs).
+
+Time is read from an injected ``Clock`` (clock.py), so tests drive it instead of sleeping.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-import time
 import heapq
 from bisect import bisect_left
 from collections import deque
@@ -44,20 +63,27 @@ from typing import Callable, Iterator, Sequence
 
 from loguru import logger
 
+from .clock import Clock, MonotonicClock
 from .errors import ErrorKind, RerankError
 from .models.base import Pair, Pending
 
-__all__ = ["Batcher", "Scored"]
+__all__ = ["ADMISSION_HEADROOM", "DEADLINE_SHARES", "Batcher", "Scored"]
+
+# Admission plans a request to finish within this share of its deadline: the rate is a moving
+# average, and on a shared machine it moves by 10-20% between batches (a neighbour's load).
+ADMISSION_HEADROOM = 0.8
+# A default deadline never gives a request less than this many times its own compute time.
+DEADLINE_SHARES = 4
 
 Forward = Callable[[Sequence[Pair]], list[float]]
 Launch = Callable[[Sequence[Pair]], Pending]
 
 
 @dataclass(frozen=True, slots=True)
-class _Flight:
-    """A launched batch: its pairs, when it started, and its pending scores (or launch error)."""
+class _LaunchedBatch:
+    """A batch handed to the device: its pairs, when it started, and its pending scores (or launch error)."""
 
-    batch: list[tuple[_Job, int]]
+    picks: list[tuple[_Job, int]]
     start: float
     pending: Pending | None
     error: Exception | None
@@ -78,8 +104,12 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Scored]
     seq: int
-    batch: bool = False  # X-Priority: batch (or its key's default)
-    admitted: float = field(default_factory=time.perf_counter)
+    admitted: float  # clock time
+    bulk: bool = False  # the low priority (X-Priority: batch, or its key's default)
+    # Clock times: when its deadline passes (None: no deadline), and when admission planned it
+    # to finish by (ADMISSION_HEADROOM of the deadline), which later admissions must not pass.
+    deadline: float | None = None
+    plan_by: float | None = None
     # Tokens scheduled for it so far, counted from the batcher's virtual clock at admission
     # (fair queuing: the least served request seeds the next batch).
     served: float = 0.0
@@ -113,7 +143,9 @@ class _Job:
             if i in self.remaining:
                 yield urgent, neg, self.seq, i, self
 
-    def settle(self, result: Scored | BaseException) -> None:
+    def deliver(self, result: Scored | BaseException) -> None:
+        """Hand its scores (or its error) to the event loop its request waits on."""
+
         def _set() -> None:
             if self.future.done():
                 return
@@ -138,15 +170,18 @@ class Batcher:
         max_batch_tokens: int,
         max_batch_size: int,
         max_queue: int,
-        batch_wait: float = 0.0,
+        fill_wait: float = 0.0,
         is_oom: Callable[[BaseException], bool] = lambda exc: False,
         padded: bool = True,
         launch: Launch | None = None,
         depth: int = 1,
         ahead_below: float | None = None,
-        batch_max_wait: float = 10.0,
-        batch_queue_share: float = 0.75,
+        bulk_max_wait: float = 10.0,
+        bulk_queue_share: float = 0.75,
+        stretch_deadline: bool = False,
+        clock: Clock | None = None,
     ) -> None:
+        """Times are seconds, all of them (``fill_wait``: RERANKER_BATCH_WAIT_MS / 1000)."""
         self._forward = forward
         # launch: start a batch on the device and return at once (scores collected later);
         # depth: batches in flight (2 on a GPU: the next one is assembled while one computes).
@@ -162,9 +197,13 @@ class Batcher:
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
-        self._batch_wait = batch_wait
-        self.batch_max_wait = batch_max_wait
-        self.batch_queue_share = batch_queue_share
+        # A short wait for more pairs when the next batch would be small (0: none).
+        self._fill_wait = fill_wait
+        self.bulk_max_wait = bulk_max_wait
+        self.bulk_queue_share = bulk_queue_share
+        # The deadline is the default one: it grows on hardware too slow for it (module docstring).
+        self.stretch_deadline = stretch_deadline
+        self._clock: Clock = clock if clock is not None else MonotonicClock()
         self._is_oom = is_oom
         # Told (pairs, padded tokens) of every forward pass; the app points it at its metrics.
         self.on_batch: Callable[[int, int], None] | None = None
@@ -172,6 +211,7 @@ class Batcher:
         self._jobs: list[_Job] = []  # admission order
         self._queued = 0  # pairs admitted and not yet scored or dropped
         self._queued_tokens = 0  # their tokens
+        self._inflight_tokens = 0  # tokens of batches launched and not yet collected
         self._vtime = 0.0  # tokens served to the last seed when it was chosen (fair queuing)
         self._seq = 0
         self._closed = False
@@ -191,7 +231,7 @@ class Batcher:
             self._queued = self._queued_tokens = 0
             self._cond.notify_all()
         for job in leftovers:
-            job.settle(RerankError(ErrorKind.NOT_READY, "the server is shutting down", retry_after=1))
+            job.deliver(RerankError(ErrorKind.NOT_READY, "the server is shutting down", retry_after=1))
         if self._thread.is_alive():
             self._thread.join(timeout=30)
 
@@ -206,8 +246,10 @@ class Batcher:
 
     # -- admission (event loop) ------------------------------------------------------------------
     async def submit(self, pairs: Sequence[Pair], *, timeout: float | None = None, priority: str = "interactive") -> Scored:
-        """Score ``pairs``; raises RerankError OVERLOADED (429), TIMEOUT (504) or BACKEND (503)."""
-        batch = priority == "batch"
+        """Score ``pairs``; raises RerankError OVERLOADED (429), TIMEOUT (504) or BACKEND (503).
+
+        ``priority`` is the public X-Priority value: ``interactive`` or ``batch`` (bulk here)."""
+        bulk = priority == "batch"
         loop = asyncio.get_running_loop()
         if not pairs:
             return Scored([], 0.0, 0.0)
@@ -227,8 +269,8 @@ class Batcher:
                     f"{len(pairs)} (queue limit {self.max_queue}); retry later",
                     retry_after=self._retry_after(),
                 )
-            share = int(self.max_queue * self.batch_queue_share)
-            if batch and self._queued > 0 and self._queued + len(pairs) > share:
+            share = int(self.max_queue * self.bulk_queue_share)
+            if bulk and self._queued > 0 and self._queued + len(pairs) > share:
                 # The rest of the queue is kept for interactive requests.
                 raise RerankError(
                     ErrorKind.OVERLOADED,
@@ -236,44 +278,91 @@ class Batcher:
                     f"({self._queued} are waiting, this request adds {len(pairs)}); retry later",
                     retry_after=self._retry_after(),
                 )
-            # Admit only what can finish in time: a request that would sit in the queue past its
-            # deadline costs compute and still fails (504). Refusing it now keeps goodput up.
-            # Under fair queuing a request waits, of each request of its class, for at most as
-            # many tokens as it needs itself (and for every more urgent one in full): an
-            # interactive request waits for no batch work, a small one not for a huge one.
             tokens = sum(len(p) for p in pairs)
-            rate = self._tokens_per_s
-            ahead = sum(
-                min(j.remaining_tokens, tokens) if j.batch == batch else j.remaining_tokens
-                for j in self._jobs if not j.cancelled and (batch or not j.batch)
-            )
-            if timeout is not None and rate > 0 and ahead > 0 and (ahead + tokens) / rate > timeout:
-                raise RerankError(
-                    ErrorKind.OVERLOADED,
-                    f"the server is busy: this request would wait for about {ahead} tokens of other requests, "
-                    f"{ahead / rate:.1f} s, and its own {tokens} take {tokens / rate:.1f} s more, beyond the "
-                    f"{timeout:g} s request timeout; retry later",
-                    retry_after=self._retry_after(),
-                )
+            now = self._clock.now()
+            seconds = self._deadline_seconds(tokens, timeout)
+            self._admit_by_estimate(tokens, bulk=bulk, seconds=seconds, now=now)
             self._seq += 1
-            job = _Job(pairs, loop, loop.create_future(), self._seq, batch, served=self._vtime)
+            job = _Job(pairs, loop, loop.create_future(), self._seq, now, bulk, served=self._vtime,
+                       deadline=None if seconds is None else now + seconds,
+                       plan_by=None if seconds is None else now + ADMISSION_HEADROOM * seconds)
             self._jobs.append(job)
             self._queued += len(pairs)
             self._queued_tokens += tokens
             self._cond.notify()
         try:
-            return await asyncio.wait_for(job.future, timeout)
+            return await self._clock.wait_for(job.future, seconds)
         except (asyncio.TimeoutError, TimeoutError):
             self._drop(job)
             raise RerankError(
                 ErrorKind.TIMEOUT,
-                f"the request did not finish within {timeout:g} s (RERANKER_REQUEST_TIMEOUT); "
+                f"the request did not finish within {seconds:g} s (RERANKER_REQUEST_TIMEOUT); "
                 "the server is overloaded or the request is too large",
             ) from None
         except asyncio.CancelledError:
             # The client went away (or the server is stopping): its waiting pairs are dropped.
             self._drop(job)
             raise
+
+    def _deadline_seconds(self, tokens: int, timeout: float | None) -> float | None:
+        """The request's deadline: ``timeout``, or, where that is the default, at least
+        DEADLINE_SHARES times its own compute time at the measured rate (slow hardware)."""
+        rate = self._tokens_per_s
+        if timeout is None or not self.stretch_deadline or rate <= 0:
+            return timeout
+        return max(timeout, DEADLINE_SHARES * tokens / rate)
+
+    def _urgency(self, job: _Job, now: float) -> int:
+        """0: interactive, or bulk work that has waited ``bulk_max_wait``; 1: bulk."""
+        return int(job.bulk and job.admitted > now - self.bulk_max_wait)
+
+    def _admit_by_estimate(self, tokens: int, *, bulk: bool, seconds: float | None, now: float) -> None:
+        """Raise OVERLOADED if this request, or an admitted one it would delay, would miss its
+        deadline at the measured rate (module docstring). Called with the lock held."""
+        rate = self._tokens_per_s
+        if rate <= 0:
+            return  # cold start: nothing measured yet, and its batches will measure it
+        mine = int(bulk)
+        live = [j for j in self._jobs if not j.cancelled and j.remaining_tokens > 0]
+        urgency = {id(j): self._urgency(j, now) for j in live}
+        more_urgent = sum(j.remaining_tokens for j in live if urgency[id(j)] < mine)
+        peers = [j for j in live if urgency[id(j)] == mine]
+        ahead = self._inflight_tokens + more_urgent + sum(min(j.remaining_tokens, tokens) for j in peers)
+        if seconds is not None and (ahead + tokens) / rate > ADMISSION_HEADROOM * seconds:
+            if ahead == 0:  # alone, and still too slow: retrying would not help
+                raise RerankError(
+                    ErrorKind.PAYLOAD_TOO_LARGE,
+                    f"this request's {tokens} tokens take about {tokens / rate:.1f} s at the measured "
+                    f"{rate:.0f} tokens/s, beyond the {seconds:g} s request timeout (RERANKER_REQUEST_TIMEOUT): "
+                    "send fewer documents or raise the timeout",
+                )
+            raise RerankError(
+                ErrorKind.OVERLOADED,
+                f"the server is busy: this request would wait for about {ahead} tokens of other requests, "
+                f"{ahead / rate:.1f} s, and its own {tokens} take {tokens / rate:.1f} s more, beyond the "
+                f"{seconds:g} s request timeout; retry later",
+                retry_after=min(60.0, max(1.0, (ahead + tokens) / rate - ADMISSION_HEADROOM * seconds)),
+            )
+        # Each admitted request of its class would wait min(its tokens, this one's) longer: refuse
+        # this one rather than let an admitted one miss the finish it was admitted for. One whose
+        # estimate is past its plan already (the rate fell) is not held against newcomers.
+        remaining = sorted(j.remaining_tokens for j in peers)
+        below = [0]
+        for r in remaining:
+            below.append(below[-1] + r)
+        for job in peers:
+            if job.plan_by is None:
+                continue
+            r = job.remaining_tokens
+            i = bisect_left(remaining, r)  # of its peers, those before i need fewer tokens than it
+            finish = now + (self._inflight_tokens + more_urgent + below[i] + r * (len(remaining) - i)) / rate
+            if finish <= job.plan_by < finish + min(r, tokens) / rate:
+                raise RerankError(
+                    ErrorKind.OVERLOADED,
+                    f"the server is busy: admitting this request's {tokens} tokens would make a waiting "
+                    f"request miss its request timeout ({rate:.0f} tokens/s measured); retry later",
+                    retry_after=min(60.0, max(1.0, finish - now)),
+                )
 
     def _drop(self, job: _Job) -> None:
         with self._cond:
@@ -288,7 +377,7 @@ class Batcher:
         # Up to `depth` batches in flight: batch n+1 is taken, assembled and launched while the
         # device still computes batch n, whose scores are collected after (one sync per batch,
         # when the next one is already queued on the device).
-        inflight: deque[_Flight] = deque()
+        inflight: deque[_LaunchedBatch] = deque()
         while True:
             while inflight and len(inflight) >= self._depth_now():  # room for the next launch
                 self._finish(inflight.popleft())
@@ -299,9 +388,10 @@ class Batcher:
                     return
                 batch: list[tuple[_Job, int]] = []
                 if not self._closed and self._jobs:
-                    if not inflight and self._batch_wait > 0 and self._queued < self.max_batch_size:
-                        # A short wait for company, only when the next batch would be small.
-                        self._cond.wait(timeout=self._batch_wait)
+                    if not inflight and self._fill_wait > 0 and self._queued < self.max_batch_size:
+                        # A short wait for company, only when the next batch would be small. Real
+                        # time, not the clock's: a new request ends it early (notify) either way.
+                        self._cond.wait(timeout=self._fill_wait)
                     batch = self._take_batch()
             if batch:
                 inflight.append(self._launch_batch(batch))
@@ -333,9 +423,8 @@ class Batcher:
         self._jobs = live
         if not live:
             return []
-        # 0: interactive, or batch work that has waited long enough; 1: batch.
-        aged = time.perf_counter() - self.batch_max_wait
-        urgency = {id(job): int(job.batch and job.admitted > aged) for job in live}
+        now = self._clock.now()
+        urgency = {id(job): self._urgency(job, now) for job in live}
         # The most urgent class, then the least served (fair queuing on tokens), then the oldest.
         seed = min(live, key=lambda job: (urgency[id(job)], job.served, job.seq))
         self._vtime = max(self._vtime, seed.served)
@@ -358,23 +447,24 @@ class Batcher:
             length = len(job.pairs[i])
             job.remaining_tokens -= length
             job.served += width if self.padded else length  # what the pair costs in this batch
-        # Jobs with nothing left to schedule leave the queue; their in-flight pairs settle them.
+            self._inflight_tokens += length
+        # Jobs with nothing left to schedule leave the queue; their in-flight pairs deliver them.
         self._jobs = [job for job in live if job.remaining]
         return batch
 
-    def _launch_batch(self, batch: list[tuple[_Job, int]]) -> _Flight:
-        start = time.perf_counter()
+    def _launch_batch(self, batch: list[tuple[_Job, int]]) -> _LaunchedBatch:
+        start = self._clock.now()
         for job, _ in batch:
             if job.started is None:
                 job.started = start
         pairs = [job.pairs[i] for job, i in batch]
         try:
-            return _Flight(batch, start, self._launch(pairs) if self._launch is not None else None, None)
-        except Exception as exc:  # raised while launching (out of memory, most often): settled in _finish
-            return _Flight(batch, start, None, exc)
+            return _LaunchedBatch(batch, start, self._launch(pairs) if self._launch is not None else None, None)
+        except Exception as exc:  # raised while launching (out of memory, most often): delivered in _finish
+            return _LaunchedBatch(batch, start, None, exc)
 
-    def _finish(self, flight: _Flight) -> None:
-        batch, start = flight.batch, flight.start
+    def _finish(self, flight: _LaunchedBatch) -> None:
+        batch, start = flight.picks, flight.start
         pairs = [job.pairs[i] for job, i in batch]
         try:
             if flight.error is not None:
@@ -390,7 +480,7 @@ class Batcher:
                 return
         # With two batches in flight this one queued behind the previous: its own time starts
         # when that one was collected (else the rate, and Retry-After with it, would halve).
-        now = time.perf_counter()
+        now = self._clock.now()
         elapsed = now - max(start, self._last_done)
         self._last_done = now
         self._batch_seconds = elapsed if self._batch_seconds == 0 else 0.8 * self._batch_seconds + 0.2 * elapsed
@@ -403,6 +493,7 @@ class Batcher:
         with self._cond:
             self._queued -= len(batch)
             self._queued_tokens -= sum(lengths)
+            self._inflight_tokens -= sum(lengths)
             for (job, i), score in zip(batch, scores):
                 job.scores[i] = score
                 job.left -= 1
@@ -412,7 +503,7 @@ class Batcher:
                 job.inference += elapsed
         for job in done:
             queue_time = (job.started or start) - job.admitted
-            job.settle(Scored(job.scores, queue_time, job.inference))
+            job.deliver(Scored(job.scores, queue_time, job.inference))
 
     def _forward_with_split(self, pairs: list[Pair]) -> list[float]:
         # Out of memory on an accelerator: the batch may fit in halves, so try those first.
@@ -431,6 +522,7 @@ class Batcher:
         with self._cond:
             self._queued -= len(batch)
             self._queued_tokens -= sum(len(job.pairs[i]) for job, i in batch)
+            self._inflight_tokens -= sum(len(job.pairs[i]) for job, i in batch)
             for job in jobs:
                 self._queued -= len(job.remaining)
                 self._queued_tokens -= job.remaining_tokens
@@ -441,4 +533,4 @@ class Batcher:
         detail = str(exc).splitlines()[0] if str(exc) else "no detail"
         error = RerankError(ErrorKind.BACKEND, f"inference failed ({type(exc).__name__}: {detail}); retry later")
         for job in jobs:
-            job.settle(error)
+            job.deliver(error)

@@ -120,10 +120,12 @@ class Engine:
             max_batch_size=self.spec.batch_size or default_batch_size(model.device),
             padded=model.padded,
             max_queue=self.spec.max_queue,
-            batch_wait=settings.batch_wait_ms / 1000.0,
+            fill_wait=settings.batch_wait_ms / 1000.0,
             is_oom=_is_oom,
-            batch_max_wait=settings.batch_max_wait,
-            batch_queue_share=settings.batch_queue_share,
+            bulk_max_wait=settings.batch_max_wait,
+            bulk_queue_share=settings.batch_queue_share,
+            # The default deadline adapts to slow hardware; one the operator set is kept (batcher.py).
+            stretch_deadline="request_timeout" not in settings.model_fields_set,
         )
 
     @classmethod
