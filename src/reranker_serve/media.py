@@ -74,6 +74,7 @@ class ImagePolicy:
         """Whether URLs on ``host`` may be fetched: listed exactly, or under a listed ``.domain``."""
         host = host.lower().rstrip(".")
         for entry in self.url_allowlist:
+            entry = entry.strip("[]")  # an IPv6 address as listed; urlsplit gives it bare
             if entry == "*" or host == entry or (entry.startswith(".") and host.endswith(entry)):
                 return True
         return False

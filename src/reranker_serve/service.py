@@ -29,7 +29,9 @@ from .cache import CachedScore, ScoreCache
 from .config import MAX_CHUNKS_PER_DOC
 from .engine import Engine
 from .errors import ErrorKind, RerankError
+from .families import FAMILIES
 from .keys import ApiKey, KeyLimits, Priority
+from .media import ImagePolicy, MediaDocument, has_media, resolve
 from .models import EncodeOptions, Pair
 from .registry import ModelRegistry
 from .tracing import EngineTiming, Tracing
@@ -42,8 +44,8 @@ __all__ = ["Ranked", "RerankQuery", "RerankResult", "Reranker", "TokenUsage"]
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RerankQuery:
-    query: str
-    documents: Sequence[str]
+    query: str | MediaDocument  # an image query too, for multimodal models (media.py)
+    documents: Sequence[str | MediaDocument]
     top_n: int | None = None  # None, 0 or more than len(documents): all
     return_documents: bool = False
     raw_scores: bool = False
@@ -64,7 +66,7 @@ class RerankQuery:
 class Ranked:
     index: int  # position in the request's documents
     score: float
-    document: str | None = None
+    document: str | MediaDocument | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +133,7 @@ class Reranker:
         self.cache = ScoreCache(max_bytes=int(mb * 1024 * 1024), metrics=self.metrics) if mb else None
         self.tracing = tracing
         self.limits = limits
+        self.images = ImagePolicy.of(self.settings)
         # Redis (RERANKER_REDIS_URL): a second cache tier shared by replicas; off with the cache.
         self.shared = shared if self.cache is not None else None
         # Pairs (cache keys) being computed now and the futures their scores will be set on,
@@ -139,7 +142,7 @@ class Reranker:
 
     async def rerank(self, q: RerankQuery) -> RerankResult:
         entered = time.time_ns() if self.tracing is not None else 0
-        if not q.query.strip():
+        if isinstance(q.query, str) and not q.query.strip():
             raise _invalid("query must not be empty")
         n = len(q.documents)
         if n == 0:
@@ -162,6 +165,11 @@ class Reranker:
         model = engine.model
         if q.instruction is not None and not model.takes_instruction:
             raise _invalid(f"model {model.name!r} ({model.family} reranker) takes no instruction; leave it out")
+        if has_media(q.query, q.documents):  # fetched, checked and decoded off the event loop (media.py)
+            record = FAMILIES.get(model.family)
+            query, documents = await resolve(q.query, q.documents, policy=self.images, model=model.name,
+                                             family=model.family, multimodal=record is not None and record.multimodal)
+            q = dataclasses.replace(q, query=query, documents=documents)
 
         overrides: dict[str, object] = dict(
             truncate=q.truncate, truncation_direction=q.truncation_direction, max_doc_tokens=q.max_tokens_per_doc,

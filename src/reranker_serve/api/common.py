@@ -26,13 +26,14 @@ from fastapi.security import HTTPBearer
 from ..config import MAX_CHUNKS_PER_DOC
 from ..errors import ErrorKind, RerankError
 from ..keys import ApiKey
+from ..media import MediaDocument
 from ..security import authenticate
 from ..service import RerankResult
 
 __all__ = [
     "NON_BLANK", "NON_EMPTY", "ErrorRenderer", "Instruction", "JsonInt", "MaxChunks", "ModelName", "RankedDocument",
     "Text", "TopN", "TextDocument", "Usage", "bearer_scheme", "describe_validation", "dialect_route", "document_texts",
-    "ranked_documents", "scrub_surrogates", "timing_headers", "PromptTokensDetails",
+    "ranked_documents", "returned_document", "scrub_surrogates", "timing_headers", "PromptTokensDetails",
 ]
 
 ErrorRenderer = Callable[[RerankError], Response]
@@ -358,12 +359,22 @@ class RankedDocument(BaseModel):
 
     index: int = Field(description="Position of the document in the request.")
     relevance_score: float
-    document: TextDocument | None = Field(None, description="Present when return_documents is true.")
+    # left to right: an image document (a dict, as sent) must not be read as a TextDocument.
+    document: dict[str, Any] | TextDocument | None = Field(
+        None, union_mode="left_to_right",
+        description="Present when return_documents is true: {text}, or an image document as sent.")
 
 
 def ranked_documents(result: RerankResult) -> list[RankedDocument]:
-    return [RankedDocument(index=r.index, relevance_score=r.score, document=TextDocument.of(r.document))
+    return [RankedDocument(index=r.index, relevance_score=r.score, document=returned_document(r.document))
             for r in result.results]
+
+
+def returned_document(document: Any) -> TextDocument | dict[str, Any] | None:
+    """A returned document: ``{"text": ...}``, or an image document (media.py) as its client sent it."""
+    if isinstance(document, MediaDocument):
+        return document.sent  # type: ignore[no-any-return]
+    return TextDocument.of(document)
 
 
 def document_texts(documents: Sequence[str | dict[str, Any]], rank_fields: Sequence[str] | None = None) -> list[str]:
