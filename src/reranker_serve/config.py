@@ -307,7 +307,7 @@ class Settings(BaseSettings):
     )
     image_url_allowlist: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Hosts whose http(s) image URLs the server fetches (comma-separated; "
-        "`.example.com`: its subdomains; `*`: any host, letting clients make the server fetch any URL); empty: image "
+        "`*.example.com`: its subdomains; `*`: any host, letting clients make the server fetch any URL); empty: image "
         "URLs are refused (send base64).",
     )
     image_fetch_timeout: float = Field(10.0, gt=0, le=300, description="Seconds an image URL has to deliver the image.")
@@ -461,7 +461,7 @@ class Settings(BaseSettings):
         hosts = [h.strip().lower() for h in value.split(",") if h.strip()]
         for host in hosts:
             if "/" in host or ":" in host.strip("[]") and not host.startswith("["):
-                raise ValueError(f"{host!r} is not a host name: list hosts only (images.example.com, .example.com "
+                raise ValueError(f"{host!r} is not a host name: list hosts only (images.example.com, *.example.com "
                                  "or *), without scheme, port or path")
         return hosts
 

@@ -71,11 +71,11 @@ class ImagePolicy:
                    fetch_timeout=settings.image_fetch_timeout)
 
     def allows(self, host: str) -> bool:
-        """Whether URLs on ``host`` may be fetched: listed exactly, or under a listed ``.domain``."""
+        """Whether URLs on ``host`` may be fetched: listed exactly, or under a listed ``*.domain``."""
         host = host.lower().rstrip(".")
         for entry in self.url_allowlist:
             entry = entry.strip("[]")  # an IPv6 address as listed; urlsplit gives it bare
-            if entry == "*" or host == entry or (entry.startswith(".") and host.endswith(entry)):
+            if entry == "*" or host == entry or (entry.startswith("*.") and host.endswith(entry[1:])):
                 return True
         return False
 
