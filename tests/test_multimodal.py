@@ -21,7 +21,7 @@ import pytest
 
 from conftest import RunningServer, settings_for
 from reranker_serve.app import create_app
-from vision_models import b64, build_qwen3_vl, data_url, jpeg, png, png_header
+from vision_models import b64, build_jina_m0, build_qwen3_vl, data_url, jpeg, png, png_header
 
 QUERY = "What is the capital of France?"
 SYSTEM = ('Judge whether the Document meets the requirements based on the Query and the Instruct provided. '
@@ -303,6 +303,88 @@ def test_allowed_image_urls_are_fetched_within_limits(vl_serve: Any, image_host:
     assert r.status_code == 422 and "302" in r.json()["detail"], r.text
     other = client.post("/api/v1/rerank", json={"query": QUERY, "documents": [{"image": "http://localhost:9/x.png"}]})
     assert other.status_code == 422 and "'localhost'" in other.json()["detail"], other.text
+
+
+# -- jina-reranker-m0 ------------------------------------------------------------------------------
+class M0Reference:
+    """jina-reranker-m0's compute_score (its modeling.py), computed directly: the document-first
+    prompt, the processor's image patches (3136..602112 pixels), the score token appended, the
+    score head over the last position's hidden state, sigmoid(raw - 2.65)."""
+
+    def __init__(self, model_dir: Path) -> None:
+        import torch
+        from safetensors.torch import load_file
+        from transformers import AutoImageProcessor, AutoTokenizer, Qwen2VLForConditionalGeneration
+
+        self.torch = torch
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.images = AutoImageProcessor.from_pretrained(model_dir)
+        self.model = Qwen2VLForConditionalGeneration.from_pretrained(
+            model_dir, dtype=torch.float32,
+            key_mapping={r"^visual": "model.visual", r"^model(?!\.(language_model|visual))": "model.language_model"},
+        ).eval()
+        weights = load_file(str(model_dir / "model.safetensors"))
+        hidden = weights["score.0.weight"].shape[0]
+        self.score = torch.nn.Sequential(torch.nn.Linear(hidden, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
+        self.score.load_state_dict({k.removeprefix("score."): v for k, v in weights.items() if k.startswith("score.")})
+
+    def logit(self, query: Any, doc: Any) -> float:
+        import io
+
+        from PIL import Image
+
+        def part(item: Any) -> tuple[str, list[bytes]]:
+            if isinstance(item, str):
+                return item, []
+            return "<|vision_start|><|image_pad|><|vision_end|>", [item["image"]]
+
+        d, d_images = part(doc)
+        q, q_images = part(query)
+        text = f"**Document**:\n{d}\n**Query**:\n{q}"
+        pictures = [Image.open(io.BytesIO(x)).convert("RGB") for x in d_images + q_images]
+        extra: dict[str, Any] = {}
+        if pictures:
+            out = self.images(images=pictures, return_tensors="pt",
+                              size={"shortest_edge": 3136, "longest_edge": 602112})
+            grids = out["image_grid_thw"]
+            parts = text.split("<|image_pad|>")
+            text = parts[0] + "".join("<|image_pad|>" * (int(g.prod()) // 4) + rest for g, rest in zip(grids, parts[1:]))
+            extra = {"pixel_values": out["pixel_values"], "image_grid_thw": grids}
+        ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        ids = self.torch.cat([ids, self.torch.tensor([[100]])], dim=1)  # m0's score token
+        with self.torch.inference_mode():
+            hidden = self.model.model(input_ids=ids, attention_mask=self.torch.ones_like(ids), use_cache=False,
+                                      mm_token_type_ids=(ids == self.model.config.image_token_id).int(),
+                                      **extra).last_hidden_state[0, -1]
+            return float(self.score(hidden)[0])
+
+    def scores(self, query: Any, docs: list[Any]) -> list[float]:
+        return [1 / (1 + math.exp(-(self.logit(query, d) - 2.65))) for d in docs]
+
+
+@pytest.fixture(scope="module")
+def m0(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Client, M0Reference]]:
+    folder = build_jina_m0(tmp_path_factory.mktemp("m0") / "jina-reranker-m0-tiny")
+    server = RunningServer(create_app(settings_for(folder, max_length=1024, warmup_seconds=0)))
+    yield server.client, M0Reference(folder)
+    server.stop()
+
+
+def test_jina_m0_scores_images_and_text_as_its_modeling_code(m0: tuple[httpx.Client, M0Reference]):
+    client, reference = m0
+    docs: list[Any] = ["Paris is the capital of France.", {"image": png(60, 45, seed=41)},
+                       {"image": jpeg(30, 90, seed=42)}, "The cat sat on the mat."]
+    for query in (QUERY, {"image": png(50, 50, seed=43)}):
+        r = client.post("/api/v1/rerank", json={"query": _wire(query), "documents": [_wire(d) for d in docs]})
+        assert r.status_code == 200, r.text
+        expected = reference.scores(query, docs)
+        for result in r.json()["results"]:
+            assert result["relevance_score"] == pytest.approx(expected[result["index"]], abs=1e-4)
+    info = client.get("/info").json()
+    assert "jina-m0" in str(info)
+    # m0 has no instruction to change
+    r = client.post("/api/v1/rerank", json={"query": QUERY, "documents": ["x"], "instruction": "Find maps"})
+    assert r.status_code == 422 and "takes no instruction" in r.json()["detail"], r.text
 
 
 # -- detection -----------------------------------------------------------------------------------

@@ -94,6 +94,49 @@ def build_qwen3_vl(out: Path, *, seed: int = 0) -> Path:
     return out
 
 
+def build_jina_m0(out: Path, *, seed: int = 0) -> Path:
+    import torch
+    from safetensors.torch import save_file
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    tok, fast = _tokenizer(out)
+    fast.save_pretrained(out)
+    Qwen2VLImageProcessorPil(patch_size=14, merge_size=2, temporal_patch_size=2).save_pretrained(out)
+    ids = {t: tok.token_to_id(t) for t in VISION_TOKENS}
+    torch.manual_seed(seed)
+    config = Qwen2VLConfig(
+        text_config=dict(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                         initializer_range=0.3, pad_token_id=tok.token_to_id("<|endoftext|>"), bos_token_id=None,
+                         eos_token_id=None,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]}),
+        vision_config=dict(depth=2, embed_dim=32, hidden_size=32, num_heads=4, mlp_ratio=2, patch_size=14,
+                           spatial_merge_size=2, temporal_patch_size=2, initializer_range=0.3),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )
+    model = Qwen2VLForConditionalGeneration(config).eval()
+    # The published layout: language model under model.*, the vision tower under visual.*, no LM
+    # head (m0 replaces it with an identity), and the score head score.0 / score.2.
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if name.startswith("model.language_model."):
+            state["model." + name.removeprefix("model.language_model.")] = tensor.contiguous()
+        elif name.startswith("model.visual."):
+            state["visual." + name.removeprefix("model.visual.")] = tensor.contiguous()
+    hidden = config.text_config.hidden_size
+    state["score.0.weight"] = torch.randn(hidden, hidden) * 0.3
+    state["score.0.bias"] = torch.randn(hidden) * 0.3
+    state["score.2.weight"] = torch.randn(1, hidden) * 0.3
+    state["score.2.bias"] = torch.randn(1) * 0.3
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    config.architectures = ["JinaVLForRanking"]
+    config.auto_map = {"AutoModel": "modeling.JinaVLForRanking"}  # its remote code, which is not shipped here
+    config.save_pretrained(out)
+    return out
+
+
 def png(width: int = 40, height: int = 32, *, seed: int = 0) -> bytes:
     """A small PNG of random colours (different seeds: different pictures)."""
     import numpy as np
@@ -133,4 +176,4 @@ def data_url(data: bytes, kind: str = "png") -> str:
     return f"data:image/{kind};base64,{b64(data)}"
 
 
-__all__ = ["build_qwen3_vl", "png", "jpeg", "png_header", "b64", "data_url", "json"]
+__all__ = ["build_jina_m0", "build_qwen3_vl", "png", "jpeg", "png_header", "b64", "data_url", "json"]

@@ -50,6 +50,9 @@ QWEN3_VL_PIXELS = (4 * 32 * 32, 1800 * 32 * 32)
 JINA_M0_PIXELS = (3136, 602112)
 JINA_M0_BIAS = 2.65
 JINA_M0_SCORE_TOKEN = 100
+# m0's checkpoint names its weights as transformers 4.4x's Qwen2-VL did (model.layers.*, visual.*):
+# where transformers 5 keeps them (its own renaming is keyed by class name, so not applied to ours).
+JINA_M0_WEIGHTS = {r"^visual": "model.visual", r"^model(?!\.(language_model|visual))": "model.language_model"}
 PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
 
 # A prompt piece: literal text, or ("query" | "doc", text), or ("image", picture).
@@ -261,7 +264,7 @@ def load_vision_reranker(spec: ModelSpec, *, family: Family, placement: Placemen
             raise ValueError("the tokenizer has no 'yes' / 'no' tokens, which Qwen3-VL-Reranker is scored by")
         return VisionReranker(model.to(placement.device), hf_tokenizer, image_processor, pixels=QWEN3_VL_PIXELS,
                               head="lm_head", true_id=vocab["yes"], false_id=vocab["no"], **named)
-    model = _jina_m0_class().from_pretrained(spec.source, **kwargs)
+    model = _jina_m0_class().from_pretrained(spec.source, key_mapping=JINA_M0_WEIGHTS, **kwargs)
     model.lm_head = nn.Identity()  # m0 publishes no LM head: only the score head is used
     return VisionReranker(model.to(placement.device), hf_tokenizer, image_processor, pixels=JINA_M0_PIXELS,
                           head="score", **named)
