@@ -396,3 +396,44 @@ def test_families_are_detected_from_the_config():
     with pytest.raises(UnknownModel, match="Qwen3-VL-Reranker"):
         detect(vl_config, source="Qwen/Qwen3-VL-2B-Instruct")  # a chat model is no reranker
     assert detect({"architectures": ["JinaVLForRanking"], "model_type": "qwen2_vl"}).name == "jina-m0"
+
+
+# -- vLLM's content parts --------------------------------------------------------------------------
+def _image_part(data: bytes) -> dict[str, Any]:
+    return {"type": "image_url", "image_url": {"url": data_url(data)}}
+
+
+def test_vllm_content_parts_on_its_rerank_routes(vl: httpx.Client, vl_reference: VLReference):
+    a, b = png(40, 32, seed=51), jpeg(64, 40, seed=52)
+    docs = ["Paris is the capital of France.", {"content": [_image_part(a)]},
+            {"content": [{"type": "text", "text": "a map of Paris"}, _image_part(b)]}]
+    expected = vl_reference.scores(QUERY, ["Paris is the capital of France.", {"image": a},
+                                           {"image": b, "text": "a map of Paris"}])
+    for route in ("/rerank", "/v1/rerank", "/v2/rerank"):
+        r = vl.post(route, json={"query": QUERY, "documents": docs, "return_documents": True})
+        assert r.status_code == 200, (route, r.text)
+        for result in r.json()["results"]:
+            assert result["relevance_score"] == pytest.approx(expected[result["index"]], abs=1e-4), route
+    # vLLM's document echo on its native route: {text?, multi_modal: part}
+    r = vl.post("/rerank", json={"query": QUERY, "documents": docs, "return_documents": True})
+    echoed = {x["index"]: x["document"] for x in r.json()["results"]}
+    assert echoed[1] == {"multi_modal": _image_part(a)}
+    assert echoed[2] == {"text": "a map of Paris", "multi_modal": _image_part(b)}
+    # one {"content": [...]} for all documents: each part is a document (vLLM's 1:N scoring)
+    r = vl.post("/rerank", json={"query": {"content": [{"type": "text", "text": QUERY}]},
+                                 "documents": {"content": [_image_part(a), _image_part(b)]}})
+    assert r.status_code == 200, r.text
+    both = vl_reference.scores(QUERY, [{"image": a}, {"image": b}])
+    assert {x["index"]: pytest.approx(both[x["index"]], abs=1e-4) for x in r.json()["results"]} == {
+        x["index"]: x["relevance_score"] for x in r.json()["results"]}
+
+
+def test_vllm_parts_that_are_not_served_are_refused(vl: httpx.Client):
+    video = {"content": [{"type": "video_url", "video_url": {"url": "http://x/v.mp4"}}]}
+    r = vl.post("/rerank", json={"query": QUERY, "documents": ["x", video]})
+    assert r.status_code == 422 and "documents[1].content[0]" in r.json()["error"] and "video_url" in r.json()["error"]
+    two = {"content": [_image_part(png(seed=1)), _image_part(png(seed=2))]}
+    r = vl.post("/v1/rerank", json={"query": QUERY, "documents": [two]})
+    assert r.status_code == 400 and "at most one image" in r.json()["message"], r.text
+    r = vl.post("/v1/rerank", json={"query": QUERY, "documents": [{"content": [{"type": "image_url"}]}]})
+    assert r.status_code == 400 and "documents[0].content[0]" in r.json()["message"], r.text

@@ -211,8 +211,10 @@ async def resolve(query: Any, documents: Sequence[Any], *, policy: ImagePolicy, 
     if not images:
         return query, list(documents)
     if not multimodal:
-        raise _invalid(f"model {model!r} ({family} reranker) ranks text only, and this request holds images: send "
-                       "text, or serve a multimodal reranker (Qwen3-VL-Reranker, jina-reranker-m0)")
+        first = "query" if isinstance(query, MediaDocument) else next(
+            f"documents[{i}]" for i, d in enumerate(documents) if isinstance(d, MediaDocument))
+        raise _invalid(f"{first} is an image, and model {model!r} ({family} reranker) ranks text only: send text, "
+                       "or serve a multimodal reranker (Qwen3-VL-Reranker, jina-reranker-m0)")
     if images > policy.max_images:
         raise _too_large(f"the request holds {images} images, more than the {policy.max_images} one request may "
                          "hold (RERANKER_MAX_IMAGES); send fewer image documents per request")

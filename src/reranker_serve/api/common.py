@@ -17,7 +17,7 @@ from typing import Annotated, Any, Awaitable, Callable, Mapping, Sequence
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from loguru import logger
-from pydantic import AfterValidator, BaseModel, BeforeValidator, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from fastapi.routing import APIRoute
@@ -354,15 +354,24 @@ class TextDocument(BaseModel):
         return None if text is None else cls(text=text)
 
 
+class ImageDocument(BaseModel):
+    """A returned image document (media.py), as its client sent it: Jina's `{image, text?}`, vLLM's
+    `{text?, multi_modal}`."""
+
+    model_config = ConfigDict(extra="allow")
+    image: str | None = None
+    text: str | None = None
+    multi_modal: dict[str, Any] | None = None
+
+
 class RankedDocument(BaseModel):
     """A result of the native and Jina replies."""
 
     index: int = Field(description="Position of the document in the request.")
     relevance_score: float
-    # left to right: an image document (a dict, as sent) must not be read as a TextDocument.
-    document: dict[str, Any] | TextDocument | None = Field(
-        None, union_mode="left_to_right",
-        description="Present when return_documents is true: {text}, or an image document as sent.")
+    # (smart union: an object with more than `text` is an ImageDocument; `{text}` alone a TextDocument)
+    document: TextDocument | ImageDocument | None = Field(
+        None, description="Present when return_documents is true: {text}, or an image document as sent.")
 
 
 def ranked_documents(result: RerankResult) -> list[RankedDocument]:
@@ -370,10 +379,10 @@ def ranked_documents(result: RerankResult) -> list[RankedDocument]:
             for r in result.results]
 
 
-def returned_document(document: Any) -> TextDocument | dict[str, Any] | None:
+def returned_document(document: Any) -> TextDocument | ImageDocument | None:
     """A returned document: ``{"text": ...}``, or an image document (media.py) as its client sent it."""
     if isinstance(document, MediaDocument):
-        return document.sent  # type: ignore[no-any-return]
+        return ImageDocument.model_validate(document.sent)
     return TextDocument.of(document)
 
 
