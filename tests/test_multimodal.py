@@ -437,3 +437,17 @@ def test_vllm_parts_that_are_not_served_are_refused(vl: httpx.Client):
     assert r.status_code == 400 and "at most one image" in r.json()["message"], r.text
     r = vl.post("/v1/rerank", json={"query": QUERY, "documents": [{"content": [{"type": "image_url"}]}]})
     assert r.status_code == 400 and "documents[0].content[0]" in r.json()["message"], r.text
+
+
+def test_metrics_count_image_documents_and_their_tokens(vl_serve: Any):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    client = vl_serve(served_model_name="vl-metrics").client  # a server of its own: counts start at zero
+    docs = [{"image": b64(png(seed=61))}, {"image": b64(png(80, 80, seed=62))}, "text"]
+    r = client.post("/api/v1/rerank", json={"query": QUERY, "documents": docs})
+    assert r.status_code == 200, r.text
+    values = {(s.name, tuple(sorted(s.labels.items()))): s.value
+              for family in text_string_to_metric_families(client.get("/metrics").text) for s in family.samples}
+    model = (("model", "vl-metrics"),)
+    assert values[("reranker_documents_total", model)] == 3
+    assert values[("reranker_tokens_total", model)] == r.json()["usage"]["total_tokens"]  # image patches counted

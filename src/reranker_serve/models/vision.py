@@ -175,7 +175,12 @@ class VisionReranker:
                 )
             for q, d in fit(ids[q0:q1], ids[d0:d1], fixed, options):
                 spliced = _splice(ids, {(q0, q1): q, (d0, d1): d})
-                pairs.append(Pair(self._expand(spliced, media), doc=index, before_doc=0,
+                # Where the document's text sits once the images before it are expanded.
+                start = d0 + (len(q) - (q1 - q0) if q0 < d0 else 0)
+                grown = sum(n - 1 for _, _, n in media[: spliced[:start].count(self._image_id)])
+                expanded = self._expand(spliced, media)
+                pairs.append(Pair(expanded, doc=index, before_doc=start + grown,
+                                  after_doc=len(expanded) - (start + grown + len(d)),
                                   media=tuple((pixels, grid) for pixels, grid, _ in media)))
         return pairs
 
