@@ -257,7 +257,11 @@ def test_a_text_only_model_refuses_images(client: httpx.Client):
 class _Images(http.server.BaseHTTPRequestHandler):
     routes: dict[str, tuple[int, dict[str, str], bytes]] = {}
 
+    stall = threading.Event()  # set at the end: the stalled route then answers
+
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        if self.path == "/stalled.png":
+            self.stall.wait(30)
         status, headers, body = self.routes.get(self.path, (404, {}, b""))
         self.send_response(status)
         for name, value in headers.items():
@@ -281,6 +285,7 @@ def image_host() -> Iterator[str]:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
+    _Images.stall.set()
     server.shutdown()
 
 
@@ -385,6 +390,13 @@ def test_jina_m0_scores_images_and_text_as_its_modeling_code(m0: tuple[httpx.Cli
     # m0 has no instruction to change
     r = client.post("/api/v1/rerank", json={"query": QUERY, "documents": ["x"], "instruction": "Find maps"})
     assert r.status_code == 422 and "takes no instruction" in r.json()["detail"], r.text
+
+
+def test_an_image_url_that_does_not_deliver_times_out(vl_serve: Any, image_host: str):
+    client = vl_serve(image_url_allowlist="127.0.0.1", image_fetch_timeout=0.2).client
+    r = client.post("/api/v1/rerank", json={"query": QUERY, "documents": [{"image": f"{image_host}/stalled.png"}]})
+    assert r.status_code == 422 and "RERANKER_IMAGE_FETCH_TIMEOUT" in r.json()["detail"], r.text
+    assert client.get("/health").status_code == 200
 
 
 # -- detection -----------------------------------------------------------------------------------
