@@ -16,11 +16,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 
 from ..errors import ErrorKind, RerankError
 from ..media import MediaDocument, Picture
-from .common import Text
+from .common import Text, describe_validation
 
 __all__ = ["ContentInput", "MultiModalParam", "content_documents", "content_item", "parse_content"]
 
@@ -98,10 +98,6 @@ def content_item(value: ContentInput, where: str) -> str | MediaDocument:
 
 def parse_content(value: dict[str, Any], where: tuple[str | int, ...]) -> MultiModalParam:
     """A `{"content": [parts]}` object that arrived untyped (Cohere's free-form documents)."""
-    from pydantic import ValidationError
-
-    from .common import describe_validation
-
     try:
         return MultiModalParam.model_validate(value)
     except ValidationError as exc:

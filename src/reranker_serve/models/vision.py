@@ -35,6 +35,7 @@ from ..device import Placement, sdpa_backends
 from ..errors import ErrorKind, RerankError
 from ..families import Family
 from ..media import MediaDocument, Picture
+from .architectures import attn_implementation
 from .base import EncodeOptions, Pair, pad, sigmoid, to_device
 from .hf import pad_id_of
 from .templates import _token_span, fit, rust_tokenizer
@@ -251,8 +252,6 @@ def load_vision_reranker(spec: ModelSpec, *, family: Family, placement: Placemen
     """The model, its tokenizer and its image processor (not AutoProcessor: its video half needs
     torchvision, and a reranker scores no video)."""
     import transformers
-
-    from .architectures import attn_implementation
 
     common: dict[str, Any] = dict(cache_dir=None if spec.local else str(spec.cache_dir), local_files_only=spec.offline)
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(spec.source, **common)
