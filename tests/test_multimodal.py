@@ -187,6 +187,15 @@ def test_the_instruction_reaches_the_prompt(vl: httpx.Client, vl_reference: VLRe
     assert r.json()["results"][0]["relevance_score"] == pytest.approx(1 / (1 + math.exp(-raw)), abs=1e-4)
 
 
+def test_the_configured_instruction_is_the_default(vl_serve: Any, vl_reference: VLReference):
+    client = vl_serve(instruction="Find maps of cities").client
+    doc = {"image": png(40, 32, seed=1)}
+    r = client.post("/api/v1/rerank", json={"query": QUERY, "documents": [_wire(doc)]})
+    assert r.status_code == 200, r.text
+    raw = vl_reference.logit(QUERY, doc, instruction="Find maps of cities")[0]
+    assert r.json()["results"][0]["relevance_score"] == pytest.approx(1 / (1 + math.exp(-raw)), abs=1e-4)
+
+
 def test_the_score_cache_keys_the_image_bytes(vl_serve: Any, vl_reference: VLReference):
     client = vl_serve(cache_mb=8).client
     first = {"image": png(40, 32, seed=30), "text": "same caption"}

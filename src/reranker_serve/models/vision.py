@@ -106,13 +106,16 @@ class VisionReranker:
     launch = None
 
     def __init__(self, model: Any, hf_tokenizer: Any, image_processor: Any, *, name: str, family: str,
-                 max_length: int, pixels: tuple[int, int], head: str, true_id: int = 0, false_id: int = 0) -> None:
+                 max_length: int, pixels: tuple[int, int], head: str, true_id: int = 0, false_id: int = 0,
+                 instruction: str | None = None) -> None:
         self._model = model.eval()
         self.name = name
         self.family = family
         self.device = str(model.device)
         self.dtype_name = str(model.dtype).removeprefix("torch.")
         self.takes_instruction = family == "qwen3-vl"
+        # The default instruction: RERANKER_INSTRUCTION (or the model's own), else the script's.
+        self.instruction = (instruction or QWEN3_VL_INSTRUCTION) if self.takes_instruction else ""
         self._prompt = qwen3_vl_prompt if family == "qwen3-vl" else jina_m0_prompt
         self._suffix = [JINA_M0_SCORE_TOKEN] if family == "jina-m0" else []
         self.tokenizer = rust_tokenizer(hf_tokenizer)
@@ -141,7 +144,7 @@ class VisionReranker:
         return out["pixel_values"], grid, int(grid.prod()) // (self._merge ** 2)
 
     def encode(self, query: Any, documents: Sequence[Any], options: EncodeOptions) -> list[Pair]:
-        instruction = options.instruction or (QWEN3_VL_INSTRUCTION if self.takes_instruction else "")
+        instruction = self.instruction if options.instruction is None else options.instruction
         processed: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}  # the query's image: once
         pairs: list[Pair] = []
         for index, doc in enumerate(documents):
@@ -260,7 +263,7 @@ def load_vision_reranker(spec: ModelSpec, *, family: Family, placement: Placemen
     implementation, _ = attn_implementation(spec, auto_class="AutoModelForImageTextToText")
     if implementation is not None:
         kwargs["attn_implementation"] = implementation
-    named = dict(name=spec.name, family=family.name, max_length=spec.max_length)
+    named = dict(name=spec.name, family=family.name, max_length=spec.max_length, instruction=spec.instruction)
     if family.name == "qwen3-vl":
         model = transformers.Qwen3VLForConditionalGeneration.from_pretrained(spec.source, **kwargs)
         vocab = hf_tokenizer.get_vocab()
