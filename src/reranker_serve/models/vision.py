@@ -25,7 +25,8 @@ attention mask, so a padded pair scores as it would alone.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -40,7 +41,7 @@ from .base import EncodeOptions, Pair, pad, sigmoid, to_device
 from .hf import pad_id_of
 from .templates import _token_span, fit, rust_tokenizer
 
-__all__ = ["VisionReranker", "load_vision_reranker"]
+__all__ = ["JINA_M0", "QWEN3_VL", "VisionRecipe", "VisionReranker", "load_vision_reranker"]
 
 QWEN3_VL_SYSTEM = ('Judge whether the Document meets the requirements based on the Query and the Instruct provided. '
                    'Note that the answer can only be "yes" or "no".')
@@ -58,6 +59,18 @@ PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
 
 # A prompt piece: literal text, or ("query" | "doc", text), or ("image", picture).
 Piece = str | tuple[str, Any]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VisionRecipe:
+    """What sets one vision-language family apart (bound per family in models/loader.py's LOADERS)."""
+
+    prompt: Callable[[Any, Any, str], list[Piece]]  # (query, document, instruction) -> prompt pieces
+    pixels: tuple[int, int]  # the image processor's min and max pixels
+    instruction: str | None  # the default instruction; None: the family takes none
+    build: Callable[[ModelSpec, dict[str, Any], Any], tuple[Any, Callable[[Any, torch.Tensor], torch.Tensor]]]
+    suffix: tuple[int, ...] = ()  # token ids appended to every prompt
+    bias: float = 0.0  # the score is sigmoid(raw - bias)
 
 
 def _side(item: Any) -> tuple[Picture | None, str]:
@@ -106,18 +119,21 @@ class VisionReranker:
     launch = None
 
     def __init__(self, model: Any, hf_tokenizer: Any, image_processor: Any, *, name: str, family: str,
-                 max_length: int, pixels: tuple[int, int], head: str, true_id: int = 0, false_id: int = 0,
+                 max_length: int, recipe: VisionRecipe, head: Callable[[Any, torch.Tensor], torch.Tensor],
                  instruction: str | None = None) -> None:
         self._model = model.eval()
         self.name = name
         self.family = family
         self.device = str(model.device)
         self.dtype_name = str(model.dtype).removeprefix("torch.")
-        self.takes_instruction = family == "qwen3-vl"
-        # The default instruction: RERANKER_INSTRUCTION (or the model's own), else the script's.
-        self.instruction = (instruction or QWEN3_VL_INSTRUCTION) if self.takes_instruction else ""
-        self._prompt = qwen3_vl_prompt if family == "qwen3-vl" else jina_m0_prompt
-        self._suffix = [JINA_M0_SCORE_TOKEN] if family == "jina-m0" else []
+        self.takes_instruction = recipe.instruction is not None
+        # The default instruction: RERANKER_INSTRUCTION (or the model's own), else the family's.
+        self.instruction = (instruction or recipe.instruction or "") if self.takes_instruction else ""
+        self._prompt = recipe.prompt
+        self._suffix = list(recipe.suffix)
+        self._bias = recipe.bias
+        self._head = head  # (model, last hidden states) -> raw scores
+        pixels = recipe.pixels
         self.tokenizer = rust_tokenizer(hf_tokenizer)
         self._images = image_processor
         self._merge = int(self._images.merge_size)
@@ -132,8 +148,6 @@ class VisionReranker:
         text = config.get_text_config()
         limit = int(getattr(text, "max_position_embeddings", max_length) or max_length)
         self.max_length = min(max_length, limit)
-        self._head = head
-        self._true, self._false = true_id, false_id
 
     # -- pairs -------------------------------------------------------------------------------------
     def _process(self, picture: Picture) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -215,16 +229,10 @@ class VisionReranker:
         # (Without an image the 1-D positions of pad() are the text positions the model expands.)
         with sdpa_backends(self.device):
             hidden = self._model.model(**inputs, use_cache=False).last_hidden_state[:, -1]
-        if self._head == "score":
-            raw = self._model.score(hidden).squeeze(-1)
-        else:
-            rows = self._model.lm_head.weight[[self._true, self._false]]
-            logits = (hidden @ rows.T).float()
-            raw = logits[:, 0] - logits[:, 1]
-        return raw.float().tolist()  # type: ignore[no-any-return]
+        return self._head(self._model, hidden).float().tolist()  # type: ignore[no-any-return]
 
     def activate(self, raw: float) -> float:
-        return sigmoid(raw - JINA_M0_BIAS) if self.family == "jina-m0" else sigmoid(raw)
+        return sigmoid(raw - self._bias)
 
 
 def _splice(ids: list[int], parts: dict[tuple[int, int], list[int]]) -> list[int]:
@@ -251,7 +259,37 @@ def _jina_m0_class() -> type:
     return JinaVLForRanking
 
 
-def load_vision_reranker(spec: ModelSpec, *, family: Family, placement: Placement, backend: str) -> VisionReranker:
+def _qwen3_vl_model(spec: ModelSpec, kwargs: dict[str, Any], hf_tokenizer: Any) -> tuple[Any, Callable[..., Any]]:
+    """Qwen3-VL and its yes/no head: logit(yes) - logit(no) from those two rows of the LM head."""
+    from transformers import Qwen3VLForConditionalGeneration
+
+    vocab = hf_tokenizer.get_vocab()
+    if "yes" not in vocab or "no" not in vocab:
+        raise ValueError("the tokenizer has no 'yes' / 'no' tokens, which Qwen3-VL-Reranker is scored by")
+    rows = [vocab["yes"], vocab["no"]]
+
+    def head(model: Any, hidden: torch.Tensor) -> torch.Tensor:
+        logits = (hidden @ model.lm_head.weight[rows].T).float()
+        return logits[:, 0] - logits[:, 1]
+
+    return Qwen3VLForConditionalGeneration.from_pretrained(spec.source, **kwargs), head
+
+
+def _jina_m0_model(spec: ModelSpec, kwargs: dict[str, Any], hf_tokenizer: Any) -> tuple[Any, Callable[..., Any]]:
+    """m0's Qwen2-VL from its published weight names, and its score head."""
+    model = _jina_m0_class().from_pretrained(spec.source, key_mapping=JINA_M0_WEIGHTS, **kwargs)
+    model.lm_head = nn.Identity()  # m0 publishes no LM head: only the score head is used
+    return model, lambda m, hidden: m.score(hidden).squeeze(-1)
+
+
+QWEN3_VL = VisionRecipe(prompt=qwen3_vl_prompt, pixels=QWEN3_VL_PIXELS, instruction=QWEN3_VL_INSTRUCTION,
+                        build=_qwen3_vl_model)
+JINA_M0 = VisionRecipe(prompt=jina_m0_prompt, pixels=JINA_M0_PIXELS, instruction=None, build=_jina_m0_model,
+                       suffix=(JINA_M0_SCORE_TOKEN,), bias=JINA_M0_BIAS)
+
+
+def load_vision_reranker(spec: ModelSpec, *, family: Family, placement: Placement, backend: str,
+                         recipe: VisionRecipe) -> VisionReranker:
     """The model, its tokenizer and its image processor (not AutoProcessor: its video half needs
     torchvision, and a reranker scores no video)."""
     import transformers
@@ -263,15 +301,7 @@ def load_vision_reranker(spec: ModelSpec, *, family: Family, placement: Placemen
     implementation, _ = attn_implementation(spec, auto_class="AutoModelForImageTextToText")
     if implementation is not None:
         kwargs["attn_implementation"] = implementation
-    named = dict(name=spec.name, family=family.name, max_length=spec.max_length, instruction=spec.instruction)
-    if family.name == "qwen3-vl":
-        model = transformers.Qwen3VLForConditionalGeneration.from_pretrained(spec.source, **kwargs)
-        vocab = hf_tokenizer.get_vocab()
-        if "yes" not in vocab or "no" not in vocab:
-            raise ValueError("the tokenizer has no 'yes' / 'no' tokens, which Qwen3-VL-Reranker is scored by")
-        return VisionReranker(model.to(placement.device), hf_tokenizer, image_processor, pixels=QWEN3_VL_PIXELS,
-                              head="lm_head", true_id=vocab["yes"], false_id=vocab["no"], **named)
-    model = _jina_m0_class().from_pretrained(spec.source, key_mapping=JINA_M0_WEIGHTS, **kwargs)
-    model.lm_head = nn.Identity()  # m0 publishes no LM head: only the score head is used
-    return VisionReranker(model.to(placement.device), hf_tokenizer, image_processor, pixels=JINA_M0_PIXELS,
-                          head="score", **named)
+    model, head = recipe.build(spec, kwargs, hf_tokenizer)
+    return VisionReranker(model.to(placement.device), hf_tokenizer, image_processor, name=spec.name,
+                          family=family.name, max_length=spec.max_length, recipe=recipe, head=head,
+                          instruction=spec.instruction)
