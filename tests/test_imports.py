@@ -33,9 +33,10 @@ LAZY_DEPENDENCIES = {
     "starlette": "ray: built inside the worker process",
     "prometheus_client": "multiprocess mode is chosen at run time (its import reads the environment)",
     "dotenv": "the CLI reads an env file only when asked",
-    "httpx": "evaluation against a running server only",
+    "httpx": "evaluation against a running server, and allowed image URLs (media.py), only",
     "tqdm": "evaluation progress only",
     "loguru": "the CLI configures logging before anything logs",
+    "PIL": "images are decoded only when a request carries one (media.py)",
 }
 
 # Imports of this package inside functions, each with why it is not at module level. None may

@@ -24,6 +24,7 @@ from reranker_serve.app import create_app
 from reranker_serve.config import Settings
 from conftest import RunningServer, build_hub_cache, build_tiny_model
 from llm_models import build_qwen3
+from vision_models import build_qwen3_vl
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -32,6 +33,7 @@ HUB_MODELS: dict[str, Callable[[Path], Path]] = {
     "BAAI/bge-reranker-v2-m3": build_tiny_model,
     "BAAI/bge-reranker-base": build_tiny_model,
     "Qwen/Qwen3-Reranker-0.6B": build_qwen3,
+    "Qwen/Qwen3-VL-Reranker-2B": build_qwen3_vl,
 }
 
 

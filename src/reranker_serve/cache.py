@@ -15,7 +15,9 @@ raw score —
     the encoding    every field of EncodeOptions: max_length, truncate, truncation_direction,
                     max_doc_tokens, max_chunks, chunk_overlap, instruction (None: the model's
                     configured default, part of the model above) — and any field added later
-    the texts       query and document, each length-prefixed so that ("ab", "c") ≠ ("a", "bc")
+    the texts       query and document, each length-prefixed so that ("ab", "c") ≠ ("a", "bc");
+                    an image query or document (media.py) by the digest of its image's bytes
+                    and its text
 
 The texts themselves are never kept: only digests (16 bytes), the float32-exact logit the
 model produced, so a hit returns the very float a computation returned (the activation is
@@ -45,6 +47,8 @@ import weakref
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Mapping, NamedTuple, Sequence
 
+from .media import MediaDocument
+
 if TYPE_CHECKING:
     from .engine import Engine
     from .models import EncodeOptions
@@ -71,6 +75,14 @@ def _text(value: str) -> bytes:
     # already free of lone surrogates (the dialects replace them); surrogatepass is belt and braces.
     data = value.encode("utf-8", "surrogatepass")
     return len(data).to_bytes(8, "little") + data
+
+
+def _part(value: str | MediaDocument) -> bytes:
+    """A query or document in the key: its text, or a marker, its image bytes' digest and its text
+    (no text is the marker's \xff byte, so no text collides with it)."""
+    if isinstance(value, MediaDocument):
+        return b"\xff" + value.picture.digest + _text(value.text)
+    return _text(value)
 
 
 def bypass_requested(headers: Mapping[str, str]) -> bool:
@@ -130,7 +142,8 @@ class ScoreCache:
         identity = (spec, model.family, model.backend, model.dtype_name, model.device, model.max_length)
         return hashlib.blake2b(repr(identity).encode("utf-8", "surrogatepass"), digest_size=_DIGEST)
 
-    def keys(self, engine: Engine, options: EncodeOptions, query: str, documents: Sequence[str], *,
+    def keys(self, engine: Engine, options: EncodeOptions, query: str | MediaDocument,
+             documents: Sequence[str | MediaDocument], *,
              partition: str = "", stable: bool = False) -> list[bytes]:
         """One digest per document of the request, in ``partition`` (whose cache: keys.py);
         ``stable``: the digest replicas share (shared.py), for an engine with a fingerprint."""
@@ -139,11 +152,11 @@ class ScoreCache:
         # A dataclass's repr names every field and its value: a field added to EncodeOptions joins
         # the key by itself.
         base.update(repr(options).encode("utf-8", "surrogatepass"))
-        base.update(_text(query))
+        base.update(_part(query))
         keys = []
         for doc in documents:
             h = base.copy()
-            h.update(_text(doc))
+            h.update(_part(doc))
             keys.append(h.digest())
         return keys
 

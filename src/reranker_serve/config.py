@@ -406,6 +406,22 @@ class Settings(BaseSettings, ModelOptions):
     max_request_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Largest request body; larger ones get 413 before parsing."
     )
+    # --- images (multimodal rerankers: media.py) ------------------------------------------------
+    max_images: int = Field(64, ge=1, description="Most images one request may hold (query and documents).")
+    image_max_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, description="Largest image file (base64-decoded or fetched); larger ones get 413."
+    )
+    image_max_pixels: int = Field(
+        25_000_000, ge=1, description="Most pixels (width x height) an image may declare, read from its header before "
+        "anything is decoded (decompression bombs); the model's processor then resizes it to the model's own bounds.",
+    )
+    image_url_allowlist: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Hosts whose http(s) image URLs the server fetches (comma-separated; "
+        "`*.example.com`: its subdomains; `*`: any host, letting clients make the server fetch any URL); empty: image "
+        "URLs are refused (send base64).",
+    )
+    image_fetch_timeout: float = Field(10.0, gt=0, le=300, description="Seconds an image URL has to deliver the image.")
+
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Origins allowed by CORS (comma-separated or JSON list); empty: CORS off."
     )
@@ -517,6 +533,18 @@ class Settings(BaseSettings, ModelOptions):
         if isinstance(value, str):
             return [h.strip().lower() for h in value.split(",") if h.strip()]
         return value
+
+    @field_validator("image_url_allowlist", mode="before")
+    @classmethod
+    def _split_image_hosts(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        hosts = [h.strip().lower() for h in value.split(",") if h.strip()]
+        for host in hosts:
+            if "/" in host or ":" in host.strip("[]") and not host.startswith("["):
+                raise ValueError(f"{host!r} is not a host name: list hosts only (images.example.com, *.example.com "
+                                 "or *), without scheme, port or path")
+        return hosts
 
     @field_validator("api_key", mode="before")
     @classmethod

@@ -20,6 +20,7 @@ from loguru import logger
 from .batcher import Batcher
 from .config import ModelSpec, Settings
 from .device import Placement, configure_cpu_threads, resolve_placement
+from .media import has_media
 from .models import EncodeOptions, Pair, ScoringModel, load_model
 
 __all__ = ["Engine", "EngineScores", "token_cost"]
@@ -250,7 +251,8 @@ class Engine:
 
     async def encode(self, query: str, documents: Sequence[str], options: EncodeOptions) -> list[Pair]:
         """The pairs of ``documents`` (several per chunked document; ``pair.doc`` says whose)."""
-        if len(query) + sum(len(d) for d in documents) <= _INLINE_TOKENIZE_CHARS:
+        # Images are resized and cut into patches in the thread, however small (media.py).
+        if not has_media(query, documents) and len(query) + sum(len(d) for d in documents) <= _INLINE_TOKENIZE_CHARS:
             # A few short texts tokenize in tens of microseconds: less than the hop to a thread.
             return self.model.encode(query, documents, options)
         return await anyio.to_thread.run_sync(self.model.encode, query, documents, options)

@@ -7,6 +7,8 @@
     qwen3          Qwen3-Reranker 0.6B/4B/8B (causal LM)        *ForCausalLM, model_type qwen3
     llm            bge-reranker-v2-gemma (FlagLLMReranker)      *ForCausalLM, model_type gemma
     mxbai-rerank-v2  mixedbread's mxbai-rerank-base/large-v2    Qwen2ForCausalLM named mxbai-rerank*
+    qwen3-vl       Qwen3-VL-Reranker 2B/8B (images and text)    Qwen3VLForConditionalGeneration named qwen3-vl-reranker*
+    jina-m0        jina-reranker-m0 (images and text)           JinaVLForRanking (native: its own code is not run)
     layerwise      bge-reranker-v2-minicpm-layerwise            LayerWiseMiniCPMForCausalLM (native, or its own code)
     lightweight    bge-reranker-v2.5-gemma2-lightweight         CostWiseGemmaForCausalLM (native, or its own code)
 
@@ -41,6 +43,8 @@ class Family:
     # Whether this package implements the architecture itself (else transformers must know its
     # model_type, or the model's own code must run).
     native: bool = False
+    # Whether it ranks images beside text (media.py, models/vision.py); the others refuse them.
+    multimodal: bool = False
     # Whether it is this family, from config.json's architectures and model_type.
     detect: Callable[[list[str], str], bool]
     # Where the architecture is a general one (a Qwen2 chat model is no reranker), what the model's
@@ -78,6 +82,13 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family(name="llm", description="bge-reranker-v2-gemma (causal LM, FlagEmbedding's 'Yes' prompt)", decoder=True,
            shares_prefix=True, unpadded=True,
            detect=lambda archs, mt: _causal(archs) and mt == "gemma"),
+    Family(name="qwen3-vl", description="Qwen3-VL-Reranker (vision-language, yes/no; images and text)", decoder=True,
+           multimodal=True,
+           detect=lambda archs, mt: "Qwen3VLForConditionalGeneration" in archs, named=("qwen3-vl-reranker",),
+           declared_by="Qwen3-VL-Reranker-2B / -8B (RERANKER_MODEL_TYPE=qwen3-vl)"),
+    Family(name="jina-m0", description="jina-reranker-m0 (Qwen2-VL with a score head; images and text)", decoder=True,
+           multimodal=True, native=True,
+           detect=lambda archs, mt: "JinaVLForRanking" in archs),
     Family(name="mxbai-rerank-v2", description="mxbai-rerank-base/large-v2 (causal LM, mixedbread's 0/1 prompt)",
            decoder=True, shares_prefix=True, unpadded=True,
            detect=lambda archs, mt: "Qwen2ForCausalLM" in archs, named=("mxbai-rerank",),
@@ -109,7 +120,7 @@ def detect(config: dict[str, Any], requested: str = "auto", *, source: str = "")
             if not candidate.named or any(n in source.lower() for n in candidate.named):
                 return candidate
             unnamed.append(candidate)
-    if _causal(architectures):
+    if _causal(architectures) or unnamed:  # (a vision-language chat model too: unnamed is not empty)
         # A causal LM scores right only with the prompt and score formula it was trained with:
         # another family's would give wrong scores without any error, so none is suggested, only
         # the rerankers published on this very architecture.
@@ -122,5 +133,6 @@ def detect(config: dict[str, Any], requested: str = "auto", *, source: str = "")
     raise UnknownModel(
         f"not a supported reranker: architectures={architectures or 'none'}, model_type={model_type!r}; "
         "supported: *ForSequenceClassification cross-encoders, Qwen3-Reranker, bge-reranker-v2-gemma, "
-        "mxbai-rerank-v2, bge-reranker-v2-minicpm-layerwise, bge-reranker-v2.5-gemma2-lightweight"
+        "mxbai-rerank-v2, bge-reranker-v2-minicpm-layerwise, bge-reranker-v2.5-gemma2-lightweight, "
+        "Qwen3-VL-Reranker, jina-reranker-m0"
     )

@@ -25,14 +25,16 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING, Literal, Sequence
 
 from .config import MAX_CHUNKS_PER_DOC
 from .engine import Engine
 from .errors import ErrorKind, RerankError
+from .families import FAMILIES
 from .keys import ApiKey, KeyLimits, Priority
+from .media import ImagePolicy, MediaDocument, has_media, resolve
 from .registry import ModelRegistry
 from .scoring import CachedScoring, Scores, TokenUsage
 from .tracing import Tracing
@@ -45,8 +47,8 @@ __all__ = ["Ranked", "RerankQuery", "RerankResult", "RerankService", "TokenUsage
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RerankQuery:
-    query: str
-    documents: Sequence[str]
+    query: str | MediaDocument  # an image query too, for multimodal models (media.py)
+    documents: Sequence[str | MediaDocument]
     top_n: int | None = None  # None, 0 or more than len(documents): all
     return_documents: bool = False
     raw_scores: bool = False
@@ -67,7 +69,7 @@ class RerankQuery:
 class Ranked:
     index: int  # position in the request's documents
     score: float
-    document: str | None = None
+    document: str | MediaDocument | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,10 +114,12 @@ class RerankService:
         self.scoring = CachedScoring.from_settings(self.settings.cache_mb, metrics=self.metrics, shared=shared)
         self.tracing = tracing
         self.limits = limits
+        self.images = ImagePolicy.of(self.settings)
 
     async def rerank(self, q: RerankQuery) -> RerankResult:
         entered = time.time_ns() if self.tracing is not None else 0
         engine = self._validate(q)
+        q = await self._images(engine, q)
         overrides: dict[str, object] = dict(
             truncate=q.truncate, truncation_direction=q.truncation_direction, max_doc_tokens=q.max_tokens_per_doc,
             instruction=q.instruction,
@@ -133,7 +137,7 @@ class RerankService:
 
     def _validate(self, q: RerankQuery) -> Engine:
         """The checks of the module docstring's order, up to the engine that will answer."""
-        if not q.query.strip():
+        if isinstance(q.query, str) and not q.query.strip():
             raise _invalid("query must not be empty")
         n = len(q.documents)
         if n == 0:
@@ -157,6 +161,17 @@ class RerankService:
         if q.instruction is not None and not model.takes_instruction:
             raise _invalid(f"model {model.name!r} ({model.family} reranker) takes no instruction; leave it out")
         return engine
+
+    async def _images(self, engine: Engine, q: RerankQuery) -> RerankQuery:
+        """The query with its images fetched, checked and decoded off the event loop (media.py);
+        a text-only model refuses them."""
+        if not has_media(q.query, q.documents):
+            return q
+        model = engine.model
+        record = FAMILIES.get(model.family)
+        query, documents = await resolve(q.query, q.documents, policy=self.images, model=model.name,
+                                         family=model.family, multimodal=record is not None and record.multimodal)
+        return replace(q, query=query, documents=documents)
 
     async def _admit(self, engine: Engine, q: RerankQuery, *, total: int, pairs: int, tokens: int) -> None:
         """The request's cost against the per-request token cap, then its work (the pairs and

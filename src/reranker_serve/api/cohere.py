@@ -30,6 +30,7 @@ from ..service import RerankQuery, RerankResult
 from .common import (
     Instruction, JsonInt, ModelName, NON_BLANK, NON_EMPTY, Text, TopN, Usage, document_texts, scrub_surrogates,
 )
+from .content import content_item, parse_content
 from .dialect import Dialect, DialectRequest
 from .lenient import LenientBool, clamp
 from .voyage import VoyageRerankRequest, VoyageRerankResponse, is_voyage
@@ -57,13 +58,25 @@ class _CohereRequest(DialectRequest):
     def _query(self, **extra: Any) -> RerankQuery:
         return RerankQuery(
             query=self.query,
-            documents=document_texts(self.documents, self.rank_fields),
+            documents=self._documents(),
             top_n=self.top_n,
             return_documents=False,  # the reply returns the client's own document objects
             model=self.model,
             instruction=self.instruction,
             **extra,
         )
+
+    def _documents(self) -> list[Any]:
+        """The texts to rank; vLLM's `{"content": [parts]}` documents (its /v1/rerank and /v2/rerank
+        take them for multimodal models) as their text and image (content.py)."""
+        content = {i: content_item(parse_content(doc, ("documents", i)), f"documents[{i}]")
+                   for i, doc in enumerate(self.documents)
+                   if isinstance(doc, dict) and isinstance(doc.get("content"), list) and not self.rank_fields}
+        texts: list[Any] = document_texts([("" if i in content else d) for i, d in enumerate(self.documents)],
+                                          self.rank_fields)
+        for i, item in content.items():
+            texts[i] = item
+        return texts
 
     def returned_document(self, index: int) -> dict[str, Any] | None:
         if not self.return_documents:

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Awaitable, Callable, Mapping, Sequence
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from loguru import logger
-from pydantic import AfterValidator, BaseModel, BeforeValidator, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from fastapi.routing import APIRoute
@@ -26,13 +26,14 @@ from fastapi.security import HTTPBearer
 from ..config import MAX_CHUNKS_PER_DOC
 from ..errors import ErrorKind, RerankError
 from ..keys import ApiKey
+from ..media import MediaDocument
 from ..security import authenticate
 from ..service import RerankResult
 
 __all__ = [
     "NON_BLANK", "NON_EMPTY", "ErrorRenderer", "Instruction", "JsonInt", "MaxChunks", "ModelName", "RankedDocument",
     "Text", "TopN", "TextDocument", "Usage", "bearer_scheme", "describe_validation", "dialect_route", "document_texts",
-    "ranked_documents", "scrub_surrogates", "timing_headers", "PromptTokensDetails",
+    "ranked_documents", "returned_document", "scrub_surrogates", "timing_headers", "PromptTokensDetails",
 ]
 
 ErrorRenderer = Callable[[RerankError], Response]
@@ -353,17 +354,36 @@ class TextDocument(BaseModel):
         return None if text is None else cls(text=text)
 
 
+class ImageDocument(BaseModel):
+    """A returned image document (media.py), as its client sent it: Jina's `{image, text?}`, vLLM's
+    `{text?, multi_modal}`."""
+
+    model_config = ConfigDict(extra="allow")
+    image: str | None = None
+    text: str | None = None
+    multi_modal: dict[str, Any] | None = None
+
+
 class RankedDocument(BaseModel):
     """A result of the native and Jina replies."""
 
     index: int = Field(description="Position of the document in the request.")
     relevance_score: float
-    document: TextDocument | None = Field(None, description="Present when return_documents is true.")
+    # (smart union: an object with more than `text` is an ImageDocument; `{text}` alone a TextDocument)
+    document: TextDocument | ImageDocument | None = Field(
+        None, description="Present when return_documents is true: {text}, or an image document as sent.")
 
 
 def ranked_documents(result: RerankResult) -> list[RankedDocument]:
-    return [RankedDocument(index=r.index, relevance_score=r.score, document=TextDocument.of(r.document))
+    return [RankedDocument(index=r.index, relevance_score=r.score, document=returned_document(r.document))
             for r in result.results]
+
+
+def returned_document(document: Any) -> TextDocument | ImageDocument | None:
+    """A returned document: ``{"text": ...}``, or an image document (media.py) as its client sent it."""
+    if isinstance(document, MediaDocument):
+        return ImageDocument.model_validate(document.sent)
+    return TextDocument.of(document)
 
 
 def document_texts(documents: Sequence[str | dict[str, Any]], rank_fields: Sequence[str] | None = None) -> list[str]:

@@ -1,7 +1,9 @@
 """Jina AI's rerank API: `POST /api/v1/rerank` (the shape of api.jina.ai/v1/rerank).
 
 Documents are strings or `{"text": ...}` objects; `return_documents` defaults to **true** and a
-returned document is `{"text": ...}`. The reply is `{model, usage: {total_tokens}, results}`;
+returned document is `{"text": ...}`. Multimodal models (jina-reranker-m0, Qwen3-VL-Reranker)
+also take `{"image": "<base64, data: URL or URL>"}` documents and query, as Jina's API does; an
+image document is returned as sent (media.py checks and decodes the images). The reply is `{model, usage: {total_tokens}, results}`;
 errors are FastAPI-style `{"detail": "..."}`, as Jina's API answers them.
 """
 
@@ -9,9 +11,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..errors import RerankError
+from ..media import MediaDocument, Picture
 from ..service import RerankQuery, RerankResult
 from .common import (
     Instruction, MaxChunks, ModelName, NON_BLANK, NON_EMPTY, RankedDocument, Text, TopN, Usage, ranked_documents,
@@ -22,14 +25,41 @@ from .lenient import LenientBool
 __all__ = ["dialect"]
 
 
+_IMAGE = "An image: base64 of the file, a data: URL, or an http(s) URL (fetched only from hosts the server allows)."
+
+
 class JinaDocument(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    text: Text
+    text: Text | None = None
+    image: str | None = Field(None, description=_IMAGE)
+
+    @model_validator(mode="after")
+    def _something(self) -> JinaDocument:
+        if self.text is None and self.image is None:
+            raise ValueError("a document object needs `text` or `image`")
+        return self
 
 
 class JinaQuery(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    text: Text = Field(json_schema_extra=NON_BLANK)
+    text: Text | None = Field(None, json_schema_extra=NON_BLANK)
+    image: str | None = Field(None, description=_IMAGE)
+
+    @model_validator(mode="after")
+    def _something(self) -> JinaQuery:
+        if self.text is None and self.image is None:
+            raise ValueError("a query object needs `text` or `image`")
+        return self
+
+
+def _item(value: str | JinaDocument | JinaQuery) -> str | MediaDocument:
+    """A text as is; an object with an image as a MediaDocument that returns as sent."""
+    if isinstance(value, str):
+        return value
+    if value.image is None:
+        return value.text or ""
+    return MediaDocument(picture=Picture(source=value.image), text=value.text or "",
+                         sent=value.model_dump(exclude_none=True))
 
 
 class JinaRerankRequest(DialectRequest):
@@ -42,10 +72,9 @@ class JinaRerankRequest(DialectRequest):
     instruction: Instruction = None
 
     def to_query(self) -> RerankQuery:
-        query = self.query if isinstance(self.query, str) else self.query.text
         return RerankQuery(
-            query=query,
-            documents=[d if isinstance(d, str) else d.text for d in self.documents],
+            query=_item(self.query),
+            documents=[_item(d) for d in self.documents],
             top_n=self.top_n,
             return_documents=self.return_documents,
             model=self.model,

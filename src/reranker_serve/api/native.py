@@ -5,6 +5,7 @@ A body with `texts` is a TEI request (TEI semantics: `return_text`, `raw_scores`
 of `{index, score, text?}`); any other body is a native request (`documents`; the reply is
 `{model, results, usage}`, `usage` with Infinity's `prompt_tokens` beside `total_tokens`, and a
 returned document as vLLM's `{text}`: Infinity's string form is under /infinity, infinity.py).
+Multimodal models also take vLLM's content parts for the query and documents (content.py).
 
 Errors on this path use TEI's shape, `{"error": "...", "error_type": "Validation"}`, for both:
 a body that is not even JSON cannot tell us which of the two the client meant.
@@ -21,6 +22,7 @@ from ..service import RerankQuery, RerankResult
 from .common import (
     Instruction, MaxChunks, ModelName, NON_BLANK, NON_EMPTY, RankedDocument, Text, TopN, ranked_documents,
 )
+from .content import ContentInput, MultiModalParam, content_documents, content_item
 from .dialect import Dialect, DialectRequest
 from .infinity import InfinityUsage
 from .lenient import LenientBool
@@ -31,9 +33,13 @@ __all__ = ["dialect"]
 # -- native --------------------------------------------------------------------------------------
 class NativeRerankRequest(DialectRequest):
     model: ModelName = None
-    query: Text = Field(description="The search query.", examples=["What is the capital of France?"],
-                        json_schema_extra=NON_BLANK)
-    documents: list[Text] = Field(description="Candidate documents, as plain strings.", json_schema_extra=NON_EMPTY)
+    query: Annotated[Text, Field(json_schema_extra=NON_BLANK)] | MultiModalParam = Field(
+        description="The search query; for multimodal models also vLLM's {content: [parts]}.",
+        examples=["What is the capital of France?"])
+    documents: list[ContentInput] | MultiModalParam = Field(
+        description="Candidate documents, as plain strings; for multimodal models also vLLM's content parts "
+        "({content: [parts]} per document, or one {content: [parts]} whose parts are each a document).",
+        json_schema_extra=NON_EMPTY)
     top_n: TopN = None
     return_documents: LenientBool = Field(False, description="Include each document's text in the results.")
     raw_scores: LenientBool = Field(False, description="Return raw logits instead of sigmoid-normalised scores.")
@@ -42,8 +48,8 @@ class NativeRerankRequest(DialectRequest):
 
     def to_query(self) -> RerankQuery:
         return RerankQuery(
-            query=self.query,
-            documents=self.documents,
+            query=content_item(self.query, "query"),
+            documents=content_documents(self.documents),
             top_n=self.top_n,
             return_documents=self.return_documents,
             raw_scores=self.raw_scores,

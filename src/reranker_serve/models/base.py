@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from itertools import chain
-from typing import Callable, Iterable, Literal, Protocol, Sequence
+from typing import Any, Callable, Iterable, Literal, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -33,6 +33,9 @@ class Pair:
     after_doc: int = 0
     # Leading tokens every pair of its request begins with (decoder rerankers compute them once).
     shared: int = 0
+    # Multimodal rerankers (vision.py): each image's (pixel patches, grid) from the model's image
+    # processor, in prompt order; its tokens are already counted in ``ids``.
+    media: tuple[tuple[Any, Any], ...] = ()
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -27,6 +27,7 @@ from .causal import flag_llm_prompt, load_causal_lm, mxbai_v2_prompt, qwen3_prom
 from .encoder import load_sequence_classifier, pair_template, qwen3_classifier_template
 from .layerwise import load_layerwise
 from .openvino import openvino_available
+from .vision import JINA_M0, QWEN3_VL, load_vision_reranker
 
 __all__ = ["LOADERS", "detect_family", "load_model"]
 
@@ -42,6 +43,8 @@ LOADERS: dict[str, Callable[..., ScoringModel]] = {
     "qwen3": partial(load_causal_lm, prompt=qwen3_prompt),
     "llm": partial(load_causal_lm, prompt=flag_llm_prompt),
     "mxbai-rerank-v2": partial(load_causal_lm, prompt=mxbai_v2_prompt),
+    "qwen3-vl": partial(load_vision_reranker, recipe=QWEN3_VL),
+    "jina-m0": partial(load_vision_reranker, recipe=JINA_M0),
 }
 
 
