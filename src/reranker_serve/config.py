@@ -18,6 +18,7 @@ from pydantic import ValidationInfo
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
+from .calibration import read_calibration
 from .families import FAMILY_NAMES
 from .permissions import unreadable_message
 
@@ -38,6 +39,8 @@ Attention = Literal["auto", "padded", "unpadded"]
 # Which transformers attention implementation a model is built with; "auto": SDPA where its
 # architecture has it, else eager (DeBERTa-v2/v3 has no SDPA).
 AttnImplementation = Literal["auto", "sdpa", "eager"]
+# int8 for cross-encoders on OpenVINO (models/quantize.py); "auto": where the CPU has no bf16 hardware.
+Quantize = Literal["auto", "int8", "off"]
 _DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
 
 
@@ -57,7 +60,7 @@ class ConfigError(ValueError):
 _PER_MODEL = (
     "model_type", "backend", "trust_remote_code", "max_length", "dtype", "batch_size", "max_batch_tokens", "max_queue",
     "instruction", "cutoff_layer", "compress_ratio", "compress_layers", "attention", "share_prefix",
-    "attn_implementation",
+    "attn_implementation", "quantize", "quantize_calibration",
 )
 
 
@@ -84,9 +87,16 @@ class ModelEntry(BaseModel):
     attention: Attention | None = None
     share_prefix: bool | None = None
     attn_implementation: AttnImplementation | None = None
+    quantize: Quantize | None = None
+    quantize_calibration: Path | None = None
 
     _normalise_choice = field_validator("model_type", "backend", "dtype", "attention", "attn_implementation",
-                                        mode="before")(_choice)
+                                        "quantize", mode="before")(_choice)
+
+    @field_validator("quantize_calibration")
+    @classmethod
+    def _calibration_pairs(cls, value: Path | None) -> Path | None:
+        return _calibration_file(value)
 
     @field_validator("name")
     @classmethod
@@ -128,6 +138,8 @@ class ModelSpec:
     attention: str = "auto"
     share_prefix: bool = True
     attn_implementation: str = "auto"
+    quantize: str = "auto"
+    quantize_calibration: Path | None = None
 
     @property
     def name(self) -> str:
@@ -151,6 +163,15 @@ def _check_model_folder(folder: Path) -> None:
         raise ValueError(f"folder {str(folder)!r} does not exist")
     if not (folder / "config.json").is_file():
         raise ValueError(f"folder {str(folder)!r} holds no config.json: is it a model folder?")
+
+
+def _calibration_file(value: Path | None) -> Path | None:
+    """An int8 calibration file that exists and parses (its pairs are read again when a model quantizes)."""
+    if value is None:
+        return None
+    value = value.expanduser()
+    read_calibration(value)  # ValueError: the line at fault
+    return value
 
 
 def _parse_model_list(text: str) -> list[Any]:
@@ -355,6 +376,18 @@ class Settings(BaseSettings):
         "has it, else eager (logged).",
     )
 
+    # --- int8 (models/quantize.py) -------------------------------------------------------------
+    quantize: Quantize = Field(
+        "auto", description="int8 for cross-encoders on OpenVINO (CPU), kept only if its start-up self-check agrees "
+        "with float32: int8 (required), off, or auto (int8 where the CPU has no bf16 hardware).",
+    )
+    quantize_calibration: Path | None = Field(
+        None, description="JSON Lines of {\"query\", \"document\"} pairs from your domain that int8 is calibrated on; "
+        "unset: a built-in multilingual set.",
+    )
+
+    _calibration_pairs = field_validator("quantize_calibration")(ModelEntry._calibration_pairs.__func__)
+
     # --- score cache and tracing (cache.py, tracing.py) -------------------------------------
     cache_mb: float = Field(
         64, ge=0, le=1024 * 1024,
@@ -403,7 +436,7 @@ class Settings(BaseSettings):
         return value.lower() if isinstance(value, str) else value
 
     _normalise_choice = field_validator("dtype", "device", "model_type", "backend", "unknown_model", "attention",
-                                        "attn_implementation", mode="before")(_choice)
+                                        "attn_implementation", "quantize", mode="before")(_choice)
 
     @field_validator("compress_layers", mode="before")
     @classmethod
@@ -465,7 +498,7 @@ class Settings(BaseSettings):
 
         return check_protocol(value, endpoint=info.data.get("otlp_endpoint"))
 
-    @field_validator("api_keys", "metrics_port", "instance_id", "served_model_name", "model_path", "instruction", "cutoff_layer", mode="before")
+    @field_validator("api_keys", "metrics_port", "instance_id", "served_model_name", "model_path", "instruction", "cutoff_layer", "quantize_calibration", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # `RERANKER_API_KEY=` in a .env means "no key", not "the empty key".
@@ -530,6 +563,11 @@ class Settings(BaseSettings):
                 where = "RERANKER_MAX_QUEUE" if spec.max_queue == self.max_queue else f"max_queue of {spec.name!r}"
                 raise ValueError(
                     f"{where} ({spec.max_queue}) must be at least RERANKER_MAX_DOCUMENTS ({self.max_documents})"
+                )
+            if spec.quantize == "int8" and spec.dtype == "float32":
+                raise ValueError(
+                    f"{spec.name}: RERANKER_QUANTIZE=int8 and RERANKER_DTYPE=float32 (exact scores) contradict each "
+                    "other: drop one"
                 )
         return self
 
