@@ -250,3 +250,54 @@ def test_settings_validate_the_calibration_file_and_refuse_int8_with_exact_float
         load_settings(_env_file=None, quantize="int4")
     models = json.dumps([{"model": "BAAI/bge-reranker-base", "quantize": "off"}])
     assert load_settings(_env_file=None, quantize="int8", models=models).model_specs[0].quantize == "off"
+
+
+def test_quantizing_opens_no_outside_connection(int8_model, tmp_path):
+    # NNCF sends usage events (Google Analytics, through openvino_telemetry) unless it is imported
+    # with that package hidden, as OpenVINO is. Outside pytest (which NNCF itself treats as "no
+    # telemetry"), with every outside connection recorded and refused.
+    attempts = tmp_path / "attempts.txt"
+    script = tmp_path / "quantize_guarded.py"
+    script.write_text(f'''
+import socket, sys
+_connect, _getaddrinfo = socket.socket.connect, socket.getaddrinfo
+
+def _record(what):
+    with open({str(attempts)!r}, "a") as f:
+        f.write(repr(what) + "\\n")
+
+def connect(self, address):
+    host = address[0] if isinstance(address, tuple) else address
+    if isinstance(host, str) and not host.startswith("127.") and host not in ("::1", "localhost") \\
+            and self.family != socket.AF_UNIX:
+        _record(address)
+        raise OSError("network blocked by test")
+    return _connect(self, address)
+
+def getaddrinfo(host, *args, **kwargs):
+    if host not in (None, "localhost", "127.0.0.1", "::1"):
+        _record(host)
+        raise socket.gaierror("name resolution blocked by test")
+    return _getaddrinfo(host, *args, **kwargs)
+
+socket.socket.connect, socket.getaddrinfo = connect, getaddrinfo
+import torch
+from reranker_serve.config import Settings
+from reranker_serve.device import Placement
+from reranker_serve.models import load_model
+spec = Settings(_env_file=None, model_path={str(int8_model)!r}, max_length=128, quantize="int8",
+                model_cache_dir={str(tmp_path / "cache")!r}, use_offline_mode=True).model_specs[0]
+model = load_model(spec, Placement("cpu", torch.float32))
+assert model.quantization["mode"].startswith("int8-"), model.quantization
+assert "pytest" not in sys.modules
+print("quantized", model.quantization["mode"])
+''')
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RERANKER_", "HF_", "NNCF_"))}
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "quantized int8-" in proc.stdout
+    assert not attempts.exists(), attempts.read_text()
