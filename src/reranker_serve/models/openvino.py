@@ -29,8 +29,8 @@ from loguru import logger
 from .base import Pair
 from .runners import Feed, Runner, padded_inputs
 
-__all__ = ["OpenVINORunner", "compile_for_cpu", "convert_to_openvino", "openvino_available", "to_openvino",
-           "without_telemetry"]
+__all__ = ["OpenVINORunner", "compile_for_cpu", "convert_to_openvino", "import_openvino", "openvino_available",
+           "to_openvino", "without_telemetry"]
 
 _PRECISION = {torch.bfloat16: "bf16", torch.float16: "f16", torch.float32: "f32"}
 
@@ -57,6 +57,9 @@ def _openvino() -> Any:
     with without_telemetry():
         import openvino
     return openvino
+
+
+import_openvino = _openvino  # for the modules beside this one (quantize.py): the one way to import it
 
 
 def openvino_available() -> bool:

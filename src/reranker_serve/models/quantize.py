@@ -51,7 +51,8 @@ from loguru import logger
 from ..calibration import read_calibration
 from ..errors import ModelLoadError
 from .base import EncodeOptions, Pair, sigmoid
-from .openvino import _openvino, compile_for_cpu, convert_to_openvino, without_telemetry
+from .openvino import compile_for_cpu, convert_to_openvino, without_telemetry
+from .openvino import import_openvino as _openvino
 from .quantize_texts import CALIBRATION_TOPICS, CHECK_TOPICS
 from .runners import Feed, PaddedRunner, Runner, padded_inputs
 
@@ -317,6 +318,7 @@ class IRCache:
     def write(self, key: str, model: Any, about: dict[str, Any]) -> None:
         """Save ``model`` as ``key``'s entry (a failure to write is logged: the model still serves)."""
         ov = _openvino()
+        staging: Path | None = None
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=self.root))
@@ -328,7 +330,8 @@ class IRCache:
             os.replace(staging, target)  # atomic: a reader sees the old entry, none, or the whole new one
         except OSError as exc:
             logger.warning("could not cache the int8 model in {} ({}); the next start quantizes again", self.root, exc)
-            shutil.rmtree(staging, ignore_errors=True)
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
 
 
 # -- quantizing, checking, choosing -----------------------------------------------------------------
