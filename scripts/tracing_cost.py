@@ -15,7 +15,8 @@ import timeit
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from reranker_serve.tracing import EngineTiming, Tracing
+from reranker_serve.engine import EngineScores
+from reranker_serve.tracing import Tracing
 
 
 class Keep(SpanExporter):
@@ -34,14 +35,11 @@ def main() -> None:
                          "reranker.cache.hits": 0, "reranker.cache.misses": 20}
 
     def request() -> None:
-        span = t.tracer.start_span("POST /rerank", kind=t._server, attributes={"http.request.method": "POST"})
-        token = t._context.attach(t._trace.set_span_in_context(span))
+        span, token = t.start_request("POST /rerank", headers={}, attributes={"http.request.method": "POST"})
         now = time.time_ns()
-        t.record(entered_ns=now, engine=EngineTiming(now, now + 5_000_000, 0.001, 0.003), rank=(now, now + 1000),
-                 attributes=attrs)
-        t._context.detach(token)
-        span.set_attribute("http.response.status_code", 200)
-        span.end()
+        engine = EngineScores([], 0, 0.001, 0.003, started_ns=now, ended_ns=now + 5_000_000)
+        t.record(entered_ns=now, engine=engine, rank=(now, now + 1000), attributes=attrs)
+        t.end_request(span, token, status=200, attributes={})
 
     n = 2000
     best = min(timeit.repeat(request, number=n, repeat=5)) / n

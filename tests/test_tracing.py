@@ -159,7 +159,8 @@ def test_spans_are_exported_over_otlp(tiny_model, monkeypatch):
 def test_the_endpoint_is_checked_at_start_up(monkeypatch):
     with pytest.raises(ConfigError, match="RERANKER_OTLP_ENDPOINT: must be a URL"):
         load_settings(_env_file=None, otlp_endpoint="collector:4318")
-    monkeypatch.setattr("reranker_serve.tracing._installed", lambda module: False)
+    # None in sys.modules: Python's own way to make a module not importable, as if not installed.
+    monkeypatch.setitem(sys.modules, "opentelemetry.sdk.trace", None)
     with pytest.raises(ConfigError, match=r"RERANKER_OTLP_ENDPOINT: .*pip install 'reranker-serve\[otel\]'"):
         load_settings(_env_file=None, otlp_endpoint="http://collector:4318")
     assert load_settings(_env_file=None, otlp_endpoint="").otlp_endpoint is None  # off, SDK or not

@@ -32,7 +32,7 @@ from .keys import BUCKETS_FILE_VARIABLE, KeyLimits, KeyRing, RateLimiter
 from .observability import MULTIPROCESS_VARIABLE, Metrics, RequestContextMiddleware, serve_metrics
 from .registry import ModelRegistry
 from .security import AuthThrottle, HostGuard, SystemRouteGuard, allowed_hosts
-from .service import Reranker
+from .service import RerankService
 from .tracing import RequestSpans, Tracing
 
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ def create_app(
                                  cache_ttl=settings.redis_cache_ttl, metrics=metrics)
             await shared.check()
         app.state.limits = KeyLimits(app.state.limiter, shared=shared)
-        app.state.reranker = Reranker(registry, tracing=tracing, limits=app.state.limits, shared=shared)
+        app.state.reranker = RerankService(registry, tracing=tracing, limits=app.state.limits, shared=shared)
         readiness: WorkerReadiness | None = app.state.readiness
         # With several workers the parent serves RERANKER_METRICS_PORT (summed over them all).
         scraped = None

@@ -28,7 +28,8 @@ dict's per-entry share (measured with tracemalloc: ~150-180 bytes an entry in al
 suite checks the charge against tracemalloc).
 
 One cache per server process (a worker of RERANKER_WORKERS has its own), shared by the served
-models; operations take a lock, so the event loop and any thread may use it. With
+models; operations take a lock, so the event loop and any thread may use it. A request reaches
+it through scoring.py (its lookups, the Redis tier and the single-flight of pairs in flight). With
 RERANKER_REDIS_URL a second tier on Redis is shared by every replica (shared.py); its keys
 identify the model by its weights (``stable=True``), not by this process's nonce.
 """

@@ -11,7 +11,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import Callable, Sequence, TypeVar
+from typing import Callable, Iterable, Sequence, TypeVar
 
 import anyio
 import torch
@@ -22,15 +22,26 @@ from .config import ModelSpec, Settings
 from .device import Placement, configure_cpu_threads, resolve_placement
 from .models import EncodeOptions, Pair, ScoringModel, load_model
 
-__all__ = ["Engine", "EngineScores"]
+__all__ = ["Engine", "EngineScores", "token_cost"]
 
 
 @dataclass(frozen=True, slots=True)
 class EngineScores:
-    raw: list[float]
-    tokens: int  # tokens actually fed to the model, special tokens included
-    queue_time: float
+    """One engine call (``Engine.run``): what it returned, what it cost, when it ran."""
+
+    raw: list[float]  # per document: its best window's logit
+    tokens: int  # tokens actually fed to the model, special tokens included (token_cost)
+    queue_time: float  # seconds, the batcher's split of the call
     inference_time: float
+    # Wall clock (time.time_ns) around the call: its place in a trace (tracing.py).
+    started_ns: int
+    ended_ns: int
+
+
+def token_cost(pairs: Iterable[Pair]) -> int:
+    """What computing ``pairs`` costs, in model tokens (special tokens included): the one count
+    behind the token cap, key limits, usage, the cache's cached cost and the tokens metric."""
+    return sum(len(pair) for pair in pairs)
 
 
 _INLINE_TOKENIZE_CHARS = 4096
@@ -245,6 +256,7 @@ class Engine:
     async def run(self, pairs: Sequence[Pair], documents: int, *, priority: str = "interactive") -> EngineScores:
         """Queue ``pairs`` and return the raw score of each of the ``documents`` they belong to
         (-inf for a document without pairs here)."""
+        started = time.time_ns()  # two clock reads (~50 ns): the call's place in a trace
         scored = await self.batcher.submit(pairs, timeout=self.settings.request_timeout, priority=priority)
         # A chunked document scores as its best window (the activation is monotonic, so the
         # best logit is the best score).
@@ -253,7 +265,9 @@ class Engine:
             raw[pair.doc] = max(raw[pair.doc], score)
         return EngineScores(
             raw=raw,
-            tokens=sum(len(p) for p in pairs),
+            tokens=token_cost(pairs),
             queue_time=scored.queue_time,
             inference_time=scored.inference_time,
+            started_ns=started,
+            ended_ns=time.time_ns(),
         )

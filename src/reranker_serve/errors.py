@@ -40,7 +40,9 @@ class ErrorKind(str, enum.Enum):
     PAYLOAD_TOO_LARGE = "payload_too_large"
     OVERLOADED = "overloaded"
     RATE_LIMITED = "rate_limited"
-    NOT_READY = "unhealthy"
+    # The values are internal names (repr, logs): no reply or metric label carries them; each
+    # dialect renders a kind its own way (TEI's error_type "Unhealthy", api/native.py).
+    NOT_READY = "not_ready"
     BACKEND = "backend"
     TIMEOUT = "timeout"
     INTERNAL = "internal"

@@ -11,13 +11,14 @@
     lightweight    bge-reranker-v2.5-gemma2-lightweight         CostWiseGemmaForCausalLM (native, or its own code)
 
 The loader (device placement, precision, detection, settings, /info) asks the record; a new
-family is one entry here and the module its ``loader`` names. This module imports nothing
-heavy (settings validation reads the family names from it).
+family is one entry here and its loader in ``models/loader.py``'s ``LOADERS`` (a function
+reference, bound there with what sets the family apart: the model modules import these
+records, so the records cannot import them back). This module imports nothing heavy
+(settings validation reads the family names from it).
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -32,8 +33,6 @@ class Family:
     decoder: bool
     # Whether it runs Python code shipped with the model (needs RERANKER_TRUST_REMOTE_CODE).
     remote_code: bool = False
-    # "module:function" that loads it: (spec, family=, placement=, backend=) -> ScoringModel.
-    loader: str
     # Forward passes that can run it besides torch's padded one.
     openvino: bool = False  # OpenVINO on the CPU
     unpadded: bool = False  # packed tokens with per-pair variable-length attention (RERANKER_ATTENTION)
@@ -51,10 +50,6 @@ class Family:
     # What to tell the owner of an unknown model of the same architecture (see ``detect``).
     declared_by: str = ""
 
-    def load(self, *args: Any, **kwargs: Any) -> Any:
-        module, _, function = self.loader.partition(":")
-        return getattr(importlib.import_module(module), function)(*args, **kwargs)
-
 
 def _classifier(architectures: list[str]) -> bool:
     return any(a.endswith("ForSequenceClassification") for a in architectures)
@@ -64,31 +59,27 @@ def _causal(architectures: list[str]) -> bool:
     return any(a.endswith("ForCausalLM") for a in architectures)
 
 
-_MODELS = "reranker_serve.models"
-
 # In detection order: the first that matches wins (the remote-code architectures end in
 # ForCausalLM too, so they come first).
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family(name="layerwise", description="bge-reranker-v2-minicpm-layerwise", decoder=True, native=True,
-           loader=f"{_MODELS}.layerwise:load_layerwise",
            detect=lambda archs, mt: "LayerWiseMiniCPMForCausalLM" in archs),
     Family(name="lightweight", description="bge-reranker-v2.5-gemma2-lightweight", decoder=True, native=True,
-           compresses=True, loader=f"{_MODELS}.layerwise:load_layerwise",
+           compresses=True,
            detect=lambda archs, mt: "CostWiseGemmaForCausalLM" in archs or mt == "cost_wise_gemma"),
     Family(name="qwen3-seq-cls", description="Qwen3-Reranker converted to a sequence classifier", decoder=True,
-           loader=f"{_MODELS}.encoder:load_sequence_classifier",
            detect=lambda archs, mt: _classifier(archs) and mt.startswith("qwen3")),
     Family(name="encoder", description="cross-encoder (bge-reranker-v2-m3/-large/-base, any sequence classifier)",
-           decoder=False, openvino=True, unpadded=True, loader=f"{_MODELS}.encoder:load_sequence_classifier",
+           decoder=False, openvino=True, unpadded=True,
            detect=lambda archs, mt: _classifier(archs)),
     Family(name="qwen3", description="Qwen3-Reranker (causal LM, yes/no)", decoder=True, shares_prefix=True,
-           unpadded=True, loader=f"{_MODELS}.causal:load_causal_lm",
+           unpadded=True,
            detect=lambda archs, mt: _causal(archs) and mt.startswith("qwen3")),
     Family(name="llm", description="bge-reranker-v2-gemma (causal LM, FlagEmbedding's 'Yes' prompt)", decoder=True,
-           shares_prefix=True, unpadded=True, loader=f"{_MODELS}.causal:load_causal_lm",
+           shares_prefix=True, unpadded=True,
            detect=lambda archs, mt: _causal(archs) and mt == "gemma"),
     Family(name="mxbai-rerank-v2", description="mxbai-rerank-base/large-v2 (causal LM, mixedbread's 0/1 prompt)",
-           decoder=True, shares_prefix=True, unpadded=True, loader=f"{_MODELS}.causal:load_causal_lm",
+           decoder=True, shares_prefix=True, unpadded=True,
            detect=lambda archs, mt: "Qwen2ForCausalLM" in archs, named=("mxbai-rerank",),
            declared_by="mixedbread's mxbai-rerank-base-v2 / -large-v2 (RERANKER_MODEL_TYPE=mxbai-rerank-v2)"),
 )}

@@ -14,8 +14,8 @@ One trace per rerank request, continuing the caller's trace when it sends W3C ``
     └── rank                     activation, sort, top_n
 
 The batcher runs the model in its own thread, so the engine's phases are not timed with spans
-as they happen: the engine already reports ``queue_time`` and ``inference_time``; the service
-times the engine call, and the spans are laid out afterwards with explicit timestamps, ending
+as they happen: the engine already reports ``queue_time`` and ``inference_time`` and times its
+call (``EngineScores``), and the spans are laid out afterwards with explicit timestamps, ending
 at the engine call's end: forward = [end − inference, end], queue wait before it, tokenize
 from the call's start to the queue's (it also holds the hop to the tokenizer thread and, when
 a request's pairs ride in several batches, the batches of others between them). A request
@@ -34,8 +34,7 @@ from __future__ import annotations
 
 import importlib.util
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Collection
+from typing import TYPE_CHECKING, Any, Collection, Mapping
 from urllib.parse import urlsplit
 
 from starlette.routing import compile_path
@@ -45,8 +44,11 @@ from . import __version__
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
+    from opentelemetry.trace import Span
 
-__all__ = ["EngineTiming", "RequestSpans", "Tracing", "check_endpoint", "check_protocol"]
+    from .engine import EngineScores
+
+__all__ = ["RequestSpans", "Tracing", "check_endpoint", "check_protocol"]
 
 _INSTALL = "pip install 'reranker-serve[otel]'"
 
@@ -95,16 +97,6 @@ def _exporter(endpoint: str, protocol: str) -> SpanExporter:
     return OTLPSpanExporter(endpoint=endpoint)
 
 
-@dataclass(frozen=True, slots=True)
-class EngineTiming:
-    """One engine call as the service saw it: wall-clock ns around it, the engine's own split."""
-
-    started_ns: int
-    ended_ns: int
-    queue_time: float  # seconds
-    inference_time: float  # seconds
-
-
 class Tracing:
     """A tracer provider exporting to one place, and the spans of rerank requests."""
 
@@ -138,8 +130,32 @@ class Tracing:
         """Send what is still buffered, then stop (the app's shutdown)."""
         self.provider.shutdown()
 
+    # -- the SERVER span of a request (RequestSpans) ---------------------------------------------------
+    def start_request(self, name: str, *, headers: Mapping[str, str],
+                      attributes: dict[str, Any]) -> tuple[Span, object]:
+        """Start a request's SERVER span and make it current; returns it and the token
+        ``end_request`` takes. Its parent: the server span around us (FastAPI's own telemetry or
+        an ASGI instrumentation, when configured, would be one), else the caller's trace, if it
+        sent W3C ``traceparent``."""
+        parent = self._context.get_current()
+        if not self._trace.get_current_span(parent).get_span_context().is_valid:
+            parent = self._propagate.extract(headers)
+        span = self.tracer.start_span(name, context=parent, kind=self._server, start_time=time.time_ns(),
+                                      attributes=attributes)
+        return span, self._context.attach(self._trace.set_span_in_context(span))
+
+    def end_request(self, span: Span, token: object, *, status: int, attributes: dict[str, Any]) -> None:
+        """Restore the context ``start_request`` replaced, then end ``span`` with the reply's
+        ``status`` (only 5xx is an error: HTTP semantic conventions) and ``attributes``."""
+        self._context.detach(token)
+        span.set_attribute("http.response.status_code", status)
+        span.set_attributes(attributes)
+        if status >= 500:
+            span.set_status(self._error)
+        span.end()
+
     # -- the service's spans -------------------------------------------------------------------------
-    def record(self, *, entered_ns: int, engine: EngineTiming | None, rank: tuple[int, int],
+    def record(self, *, entered_ns: int, engine: EngineScores | None, rank: tuple[int, int],
                attributes: dict[str, Any]) -> None:
         """The children of the current request span, laid out from measured timestamps."""
         parent = self._trace.get_current_span()
@@ -179,21 +195,14 @@ class RequestSpans:
         if scope["type"] != "http" or not any(route.match(path) for route in self.routes):
             await self.app(scope, receive, send)
             return
-        t = self.tracing
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers") or ()}
         method = scope.get("method", "POST")
         state = scope.setdefault("state", {})
-        parent = t._context.get_current()
-        if not t._trace.get_current_span(parent).get_span_context().is_valid:
-            # No server span around us (FastAPI's own telemetry or an ASGI instrumentation, when
-            # configured, would be one): continue the caller's trace, if it sent one.
-            parent = t._propagate.extract(headers)
-        span = t.tracer.start_span(
-            f"{method} {path}", context=parent, kind=t._server, start_time=time.time_ns(),
+        span, token = self.tracing.start_request(
+            f"{method} {path}", headers=headers,
             attributes={"http.request.method": method, "url.path": path, "http.route": path,
                         "reranker.request_id": state.get("request_id", "")},
         )
-        token = t._context.attach(t._trace.set_span_in_context(span))
         status = 500
 
         async def send_status(message: Message) -> None:
@@ -205,11 +214,6 @@ class RequestSpans:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            t._context.detach(token)
-            span.set_attribute("http.response.status_code", status)
             # The matched route and its dialect, as the route recorded them (api/common.dialect_route).
-            span.set_attribute("http.route", state.get("route", path))
-            span.set_attribute("reranker.dialect", state.get("dialect", path))
-            if status >= 500:  # server spans: only 5xx is an error (HTTP semantic conventions)
-                span.set_status(t._error)
-            span.end()
+            self.tracing.end_request(span, token, status=status, attributes={
+                "http.route": state.get("route", path), "reranker.dialect": state.get("dialect", path)})

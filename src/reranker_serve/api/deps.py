@@ -8,12 +8,12 @@ from fastapi import Depends, Request
 
 from ..config import Settings
 from ..registry import ModelRegistry
-from ..service import Reranker
+from ..service import RerankService
 
 __all__ = ["RegistryDep", "RerankerDep", "SettingsDep"]
 
 
-def _reranker(request: Request) -> Reranker:
+def _reranker(request: Request) -> RerankService:
     return request.app.state.reranker
 
 
@@ -25,6 +25,6 @@ def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-RerankerDep = Annotated[Reranker, Depends(_reranker)]
+RerankerDep = Annotated[RerankService, Depends(_reranker)]
 RegistryDep = Annotated[ModelRegistry, Depends(_registry)]
 SettingsDep = Annotated[Settings, Depends(_settings)]

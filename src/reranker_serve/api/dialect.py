@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, PrivateAttr
 from ..cache import bypass_requested
 from ..errors import ErrorKind, RerankError
 from ..keys import ApiKey, Priority
-from ..service import Reranker, RerankQuery, RerankResult
+from ..service import RerankQuery, RerankResult, RerankService
 from .common import dialect_route, timing_headers
 from .deps import RerankerDep
 
@@ -97,7 +97,7 @@ class DialectRequest(BaseModel):
         return list(self._adjusted)
 
 
-async def do_rerank(body: RerankRequest, reranker: Reranker, request: Request, response: Response) -> Any:
+async def do_rerank(body: RerankRequest, reranker: RerankService, request: Request, response: Response) -> Any:
     """The one handler behind every rerank route."""
     if body.dialect_label:
         request.state.dialect = body.dialect_label

@@ -90,12 +90,12 @@ class LocalScorer:
     def __init__(self, model: Path, **settings: object) -> None:
         from ..config import Settings
         from ..engine import Engine
-        from ..service import Reranker
+        from ..service import RerankService
         from ..registry import ModelRegistry
 
         config = Settings(_env_file=None, model_path=model, use_offline_mode=True, **settings)  # type: ignore[arg-type]
         self._loop = asyncio.new_event_loop()
-        self._reranker = Reranker(ModelRegistry(config, [Engine.load(config)]))
+        self._reranker = RerankService(ModelRegistry(config, [Engine.load(config)]))
 
     def __call__(self, query: str, documents: Sequence[str]) -> list[float]:
         from ..service import RerankQuery

@@ -37,13 +37,16 @@ from .base import EncodeOptions, Pair, Pending, pad, sigmoid
 from .hf import pad_id_of, window_limit
 from .architectures import attn_implementation
 from .attention import Kernel, torch_varlen_available
-from .choice import CHECK_DOCUMENTS, compare, plan_attention, settle
+from .choice import CHECK_DOCUMENTS, compare, plan_attention, report_unpadded_check
 from .prefix import last_hidden, mark_shared, packed_last_hidden
 from .templates import (
     FLAG_LLM_PROMPT, PromptTemplate, encode_pairs, flag_llm_template, mxbai_v2_template, qwen3_template, rust_tokenizer,
 )
 
-__all__ = ["CausalLMReranker", "PromptedLM", "load_causal_lm", "load_hf"]
+__all__ = [
+    "CausalLMReranker", "CausalPrompt", "PromptedLM", "flag_llm_prompt", "load_causal_lm", "load_hf", "mxbai_v2_prompt",
+    "qwen3_prompt",
+]
 
 
 def _token_id(hf_tokenizer: Any, token: str, *, how: str) -> int:
@@ -164,7 +167,7 @@ def choose_causal_attention(reranker: CausalLMReranker, *, setting: str) -> None
             reranker.kernel = None
 
     failure = compare(lambda: scores(None), lambda: scores(kernel), dtype=model.dtype, device=reranker.device)
-    reranker.attention_note = settle(reranker.name, kernel, failure, required=setting == "unpadded")
+    reranker.attention_note = report_unpadded_check(reranker.name, kernel, failure, required=setting == "unpadded")
     if failure is None:
         reranker.kernel = kernel
 
@@ -189,20 +192,34 @@ def load_hf(spec: ModelSpec, placement: Placement, *, auto_class: str = "AutoMod
     return model, tokenizer
 
 
-def load_causal_lm(spec: ModelSpec, *, family: Family, placement: Placement, backend: str) -> CausalLMReranker:
+# How a causal family prompts and scores: (its tokenizer, the fast tokenizer, the spec) → the
+# prompt template, the token whose logit is the score and the one subtracted from it (None: none).
+CausalPrompt = Callable[[Any, Any, ModelSpec], tuple[PromptTemplate, int, int | None]]
+
+
+def qwen3_prompt(hf_tokenizer: Any, tokenizer: Any, spec: ModelSpec) -> tuple[PromptTemplate, int, int | None]:
+    """Qwen3-Reranker's model card: its chat prompt, logit("yes") - logit("no") (vocabulary tokens)."""
+    template = qwen3_template(tokenizer, instruction=spec.instruction)
+    return template, _token_id(hf_tokenizer, "yes", how="token"), _token_id(hf_tokenizer, "no", how="token")
+
+
+def mxbai_v2_prompt(hf_tokenizer: Any, tokenizer: Any, spec: ModelSpec) -> tuple[PromptTemplate, int, int | None]:
+    """mixedbread's score: logit("1") - logit("0") at the last position (first id of each text)."""
+    template = mxbai_v2_template(tokenizer, instruction=spec.instruction)
+    return template, _token_id(hf_tokenizer, "1", how="text"), _token_id(hf_tokenizer, "0", how="text")
+
+
+def flag_llm_prompt(hf_tokenizer: Any, tokenizer: Any, spec: ModelSpec) -> tuple[PromptTemplate, int, int | None]:
+    """FlagEmbedding's FlagLLMReranker: its "A:/B:" prompt, the "Yes" logit alone."""
+    template = flag_llm_template(tokenizer, bos=flag_bos(hf_tokenizer), prompt=spec.instruction or FLAG_LLM_PROMPT)
+    return template, _token_id(hf_tokenizer, "Yes", how="text"), None
+
+
+def load_causal_lm(spec: ModelSpec, *, family: Family, placement: Placement, backend: str,
+                   prompt: CausalPrompt) -> CausalLMReranker:
     model, hf_tokenizer = load_hf(spec, placement)
     tokenizer = rust_tokenizer(hf_tokenizer)
-    if family.name == "qwen3":
-        template = qwen3_template(tokenizer, instruction=spec.instruction)
-        true_id = _token_id(hf_tokenizer, "yes", how="token")
-        false_id: int | None = _token_id(hf_tokenizer, "no", how="token")
-    elif family.name == "mxbai-rerank-v2":
-        # mixedbread's score: logit("1") - logit("0") at the last position (first id of each text).
-        template = mxbai_v2_template(tokenizer, instruction=spec.instruction)
-        true_id, false_id = _token_id(hf_tokenizer, "1", how="text"), _token_id(hf_tokenizer, "0", how="text")
-    else:
-        template = flag_llm_template(tokenizer, bos=flag_bos(hf_tokenizer), prompt=spec.instruction or FLAG_LLM_PROMPT)
-        true_id, false_id = _token_id(hf_tokenizer, "Yes", how="text"), None
+    template, true_id, false_id = prompt(hf_tokenizer, tokenizer, spec)
     reranker = CausalLMReranker(model, hf_tokenizer, name=spec.name, family=family.name, max_length=spec.max_length,
                                 template=template, true_id=true_id, false_id=false_id,
                                 share_prefix=family.shares_prefix and spec.share_prefix)

@@ -16,7 +16,7 @@ from loguru import logger
 from ..errors import ModelLoadError
 from .attention import Kernel, reference_kernel, torch_varlen_kernel
 
-__all__ = ["CHECK_DOCUMENTS", "SELF_CHECK_TOLERANCE", "compare", "plan_attention", "settle"]
+__all__ = ["CHECK_DOCUMENTS", "SELF_CHECK_TOLERANCE", "compare", "plan_attention", "report_unpadded_check"]
 
 # How far the unpadded results may stray from the padded ones (atol = rtol): the two paths sum
 # in different orders, which in half precision moves a logit by a few ulps per layer.
@@ -75,7 +75,7 @@ def compare(expected: Callable[[], torch.Tensor], candidate: Callable[[], torch.
     return None
 
 
-def settle(name: str, kernel: Kernel, failure: str | None, *, required: bool) -> str:
+def report_unpadded_check(name: str, kernel: Kernel, failure: str | None, *, required: bool) -> str:
     """Log the outcome of the self-check and return the note /info and the log give; raise if required."""
     if failure is None:
         logger.info("{}: unpadded attention ({} kernel); start-up self-check passed", name, kernel.name)

@@ -12,7 +12,7 @@ applied in ``activate`` and nowhere else.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from loguru import logger
@@ -24,7 +24,7 @@ from ..errors import ModelLoadError
 from ..families import Family
 from .architectures import attn_implementation
 from .attention import Kernel, torch_varlen_available
-from .choice import CHECK_DOCUMENTS, compare, plan_attention, settle
+from .choice import CHECK_DOCUMENTS, compare, plan_attention, report_unpadded_check
 from .base import EncodeOptions, Pair, Pending, sigmoid
 from .hf import pad_id_of, window_limit
 from .openvino import to_openvino
@@ -33,8 +33,8 @@ from .runners import POSITION_OFFSET_MODELS, Feed, PaddedRunner, Runner, Unpadde
 from .templates import PairTemplate, PromptTemplate, encode_pairs, qwen3_template, rust_tokenizer
 
 __all__ = [
-    "SequenceClassificationReranker", "apply_attention", "choose_attention", "load_sequence_classifier", "use_int8",
-    "use_openvino",
+    "ClassifierTemplate", "SequenceClassificationReranker", "apply_attention", "choose_attention",
+    "load_sequence_classifier", "pair_template", "qwen3_classifier_template", "use_int8", "use_openvino",
 ]
 
 
@@ -111,7 +111,7 @@ def apply_attention(reranker: SequenceClassificationReranker, model: Any, feed: 
                             EncodeOptions(max_length=reranker.max_length))
     failure = compare(lambda: padded.logits(pairs), lambda: candidate.logits(pairs), dtype=model.dtype,
                       device=candidate.device)
-    reranker.attention_note = settle(reranker.name, kernel, failure, required=required)
+    reranker.attention_note = report_unpadded_check(reranker.name, kernel, failure, required=required)
     if failure is None:
         reranker.runner = candidate
 
@@ -184,8 +184,22 @@ def use_int8(reranker: SequenceClassificationReranker, model: Any, feed: Feed, *
         reranker.runner = runner
 
 
-def load_sequence_classifier(spec: ModelSpec, *, family: Family, placement: Placement,
-                             backend: str) -> SequenceClassificationReranker:
+# How a classifier family lays out its input: (the tokenizer, the fast tokenizer, the spec) → its template.
+ClassifierTemplate = Callable[[Any, Any, ModelSpec], PairTemplate | PromptTemplate]
+
+
+def pair_template(hf_tokenizer: Any, tokenizer: Any, spec: ModelSpec) -> PairTemplate:
+    """A cross-encoder's (query, document) pair, with token type ids where its tokenizer makes them."""
+    return PairTemplate(tokenizer, with_types="token_type_ids" in getattr(hf_tokenizer, "model_input_names", ()))
+
+
+def qwen3_classifier_template(hf_tokenizer: Any, tokenizer: Any, spec: ModelSpec) -> PromptTemplate:
+    """Qwen3-Reranker converted to a classifier: still fed Qwen3's prompt."""
+    return qwen3_template(tokenizer, instruction=spec.instruction)
+
+
+def load_sequence_classifier(spec: ModelSpec, *, family: Family, placement: Placement, backend: str,
+                             classifier_template: ClassifierTemplate) -> SequenceClassificationReranker:
     # Imported here, not at module import: importing sentence-transformers costs seconds, and
     # tests and `--help` should not pay for it.
     from sentence_transformers import CrossEncoder
@@ -207,10 +221,7 @@ def load_sequence_classifier(spec: ModelSpec, *, family: Family, placement: Plac
     )
     hf_tokenizer = cross_encoder.tokenizer
     tokenizer = rust_tokenizer(hf_tokenizer)
-    if family.name == "qwen3-seq-cls":
-        template: PairTemplate | PromptTemplate = qwen3_template(tokenizer, instruction=spec.instruction)
-    else:
-        template = PairTemplate(tokenizer, with_types="token_type_ids" in getattr(hf_tokenizer, "model_input_names", ()))
+    template = classifier_template(hf_tokenizer, tokenizer, spec)
     model = cross_encoder.model
     feed = feed_of(model, hf_tokenizer, template)
     reranker = SequenceClassificationReranker(PaddedRunner(model, feed), model.config, hf_tokenizer, name=spec.name,

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Any
+from functools import partial
+from typing import Any, Callable
 
 from loguru import logger
 
@@ -21,9 +22,26 @@ from ..families import Family, UnknownModel, detect
 from ..hub import HubUnreachable, fetch, in_cache, probe_hub
 from .architectures import unknown_to_transformers
 from .base import ScoringModel
+from .causal import flag_llm_prompt, load_causal_lm, mxbai_v2_prompt, qwen3_prompt
+from .encoder import load_sequence_classifier, pair_template, qwen3_classifier_template
+from .layerwise import load_layerwise
 from .openvino import openvino_available
 
-__all__ = ["detect_family", "load_model"]
+__all__ = ["LOADERS", "detect_family", "load_model"]
+
+# What loads each family (families.py): (spec, family=, placement=, backend=) -> ScoringModel,
+# with what sets the family apart from others of its loader bound here, not branched on by name.
+# The records themselves stay light (settings validation reads them before torch is imported,
+# and the model modules import them), so the table lives on this side of the import graph.
+LOADERS: dict[str, Callable[..., ScoringModel]] = {
+    "layerwise": load_layerwise,
+    "lightweight": load_layerwise,  # family.compresses selects the architecture
+    "qwen3-seq-cls": partial(load_sequence_classifier, classifier_template=qwen3_classifier_template),
+    "encoder": partial(load_sequence_classifier, classifier_template=pair_template),
+    "qwen3": partial(load_causal_lm, prompt=qwen3_prompt),
+    "llm": partial(load_causal_lm, prompt=flag_llm_prompt),
+    "mxbai-rerank-v2": partial(load_causal_lm, prompt=mxbai_v2_prompt),
+}
 
 
 def detect_family(config: dict[str, Any], requested: str = "auto", *, source: str = "") -> Family:
@@ -130,7 +148,7 @@ def load_model(spec: ModelSpec, placement: Placement) -> ScoringModel:
             f"{family.name} reranker on {placement.device} ({backend}): use RERANKER_QUANTIZE=auto or off"
         )
     try:
-        model: ScoringModel = family.load(spec, family=family, placement=placement, backend=backend)
+        model: ScoringModel = LOADERS[family.name](spec, family=family, placement=placement, backend=backend)
     except ModelLoadError:
         raise
     except Exception as exc:

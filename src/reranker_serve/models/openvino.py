@@ -70,7 +70,7 @@ def openvino_available() -> bool:
     return True
 
 
-class _Flight:
+class _StartedBatch:
     """One batch started on an infer request; ``logits()`` waits for it and copies the result out."""
 
     __slots__ = ("request", "output")
@@ -103,7 +103,7 @@ class OpenVINORunner(Runner):
 
     def __init__(self, compiled: Any, feed: Feed, *, dtype: torch.dtype, precision: str | None = None) -> None:
         # The last batch of each request, oldest first (idle requests to begin with).
-        self._flights = deque(_Flight(compiled.create_infer_request(), torch.empty(0)) for _ in range(2))
+        self._batches = deque(_StartedBatch(compiled.create_infer_request(), torch.empty(0)) for _ in range(2))
         self._inputs = {port.get_any_name() for port in compiled.inputs}
         self.feed = feed
         self.device = "cpu"
@@ -116,12 +116,12 @@ class OpenVINORunner(Runner):
 
     def start(self, batch: Sequence[Pair]) -> Callable[[], torch.Tensor]:
         inputs = padded_inputs(batch, self.feed, device="cpu")
-        oldest = self._flights.popleft()
+        oldest = self._batches.popleft()
         oldest.logits()  # its result is kept before its request is reused
         oldest.request.start_async({k: v.numpy() for k, v in inputs.items() if k in self._inputs}, share_inputs=False)
-        flight = _Flight(oldest.request)
-        self._flights.append(flight)
-        return flight.logits
+        started = _StartedBatch(oldest.request)
+        self._batches.append(started)
+        return started.logits
 
     def logits(self, batch: Sequence[Pair]) -> torch.Tensor:
         return self.start(batch)()
