@@ -46,7 +46,8 @@ DOCS = [
 ]
 
 
-def build_tiny_model(out: Path, *, max_positions: int = 130, seed: int = 0) -> Path:
+def build_tiny_model(out: Path, *, max_positions: int = 130, seed: int = 0, hidden_size: int = 32,
+                     initializer_range: float = 0.5) -> Path:
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers, decoders
     from transformers import PreTrainedTokenizerFast, XLMRobertaConfig, XLMRobertaForSequenceClassification
@@ -64,9 +65,9 @@ def build_tiny_model(out: Path, *, max_positions: int = 130, seed: int = 0) -> P
     fast.model_input_names = ["input_ids", "attention_mask"]
     torch.manual_seed(seed)
     config = XLMRobertaConfig(
-        vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=max_positions, type_vocab_size=1, pad_token_id=1,
-        bos_token_id=0, eos_token_id=2, num_labels=1, initializer_range=0.5,
+        vocab_size=tok.get_vocab_size(), hidden_size=hidden_size, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=2 * hidden_size, max_position_embeddings=max_positions, type_vocab_size=1, pad_token_id=1,
+        bos_token_id=0, eos_token_id=2, num_labels=1, initializer_range=initializer_range,
     )
     config.architectures = ["XLMRobertaForSequenceClassification"]
     model = XLMRobertaForSequenceClassification(config).eval()

@@ -27,6 +27,7 @@ class FakeModel:
     padded = True
     asynchronous = False
     launch = None  # only the blocking forward (subclasses that pipeline define launch)
+    quantization = None
 
     def __init__(self, *, delay: float = 0.0, fail_on: int | None = None, oom_above: int | None = None,
                  clock=None) -> None:

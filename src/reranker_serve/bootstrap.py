@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 
+from .calibration import read_calibration
 from .config import ConfigError, Settings, load_settings
 from .keys import KeyRing
 from .tracing import check_endpoint, check_protocol
@@ -64,7 +65,8 @@ def set_up_process(settings: Settings) -> None:
 
 def check_owned_settings(settings: Settings) -> KeyRing:
     """The settings config.py checks only the syntax of, checked by their owners: the key file
-    (read and parsed once, by the KeyRing returned) and the OpenTelemetry exporter. ConfigError
+    (read and parsed once, by the KeyRing returned), the OpenTelemetry exporter and the int8
+    calibration file. ConfigError
     with one line naming the variable."""
     if settings.otlp_endpoint is not None:
         try:
@@ -76,6 +78,12 @@ def check_owned_settings(settings: Settings) -> KeyRing:
             check_protocol(settings.otlp_protocol, endpoint=settings.otlp_endpoint)
         except ValueError as exc:
             raise ConfigError(f"invalid configuration: RERANKER_OTLP_PROTOCOL: {exc}") from None
+    for spec in settings.model_specs:
+        if spec.quantize_calibration is not None:
+            try:
+                read_calibration(spec.quantize_calibration)  # read again where a model quantizes
+            except ValueError as exc:
+                raise ConfigError(f"invalid configuration: RERANKER_QUANTIZE_CALIBRATION: {exc}") from None
     try:
         return KeyRing(settings.api_keys, single_key=settings.api_key)
     except (OSError, ValueError) as exc:

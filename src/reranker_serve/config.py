@@ -55,6 +55,8 @@ Attention = Literal["auto", "padded", "unpadded"]
 # Which transformers attention implementation a model is built with; "auto": SDPA where its
 # architecture has it, else eager (DeBERTa-v2/v3 has no SDPA).
 AttnImplementation = Literal["auto", "sdpa", "eager"]
+# int8 for cross-encoders on OpenVINO (models/quantize.py); "auto": where the CPU has no bf16 hardware.
+Quantize = Literal["auto", "int8", "off"]
 _DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
 
 
@@ -68,6 +70,19 @@ def _choice(value: object) -> object:
 
 # On a field's type, so the options' copies in ModelEntry normalise too.
 _Choice = BeforeValidator(_choice)
+
+
+def _user_path(value: object) -> object:
+    """``~`` expanded; an empty value (``RERANKER_X=`` in a .env) is unset."""
+    if isinstance(value, str):
+        value = value.strip()
+        if not value:
+            return None
+        return Path(value).expanduser()
+    return value.expanduser() if isinstance(value, Path) else value
+
+
+_UserPath = BeforeValidator(_user_path)
 
 
 class ConfigError(ValueError):
@@ -116,6 +131,16 @@ class ModelOptions(BaseModel):
     attn_implementation: Annotated[AttnImplementation, _Choice] = Field(
         "auto", description="transformers attention implementation: sdpa, eager; auto: sdpa where the architecture "
         "has it, else eager (logged).",
+    )
+    # int8 (models/quantize.py). The calibration file's contents are read and checked by their
+    # owner at start-up (bootstrap.check_owned_settings), like the key file.
+    quantize: Annotated[Quantize, _Choice] = Field(
+        "auto", description="int8 for cross-encoders on OpenVINO (CPU), kept only if its start-up self-check agrees "
+        "with float32: int8 (required), off, or auto (int8 where the CPU has no bf16 hardware).",
+    )
+    quantize_calibration: Annotated[Optional[Path], _UserPath] = Field(
+        None, description="JSON Lines of {\"query\", \"document\"} pairs from your domain that int8 is calibrated on; "
+        "unset: a built-in multilingual set.",
     )
 
 
@@ -635,6 +660,11 @@ class Settings(BaseSettings, ModelOptions):
                 where = "RERANKER_MAX_QUEUE" if spec.max_queue == self.max_queue else f"max_queue of {spec.name!r}"
                 raise ValueError(
                     f"{where} ({spec.max_queue}) must be at least RERANKER_MAX_DOCUMENTS ({self.max_documents})"
+                )
+            if spec.quantize == "int8" and spec.dtype == "float32":
+                raise ValueError(
+                    f"{spec.name}: RERANKER_QUANTIZE=int8 and RERANKER_DTYPE=float32 (exact scores) contradict each "
+                    "other: drop one"
                 )
         return self
 

@@ -51,6 +51,11 @@ class ModelInfo(BaseModel):
         "1 otherwise.",
     )
     takes_instruction: bool | None = Field(description="Whether requests may send an `instruction`.")
+    quantization: dict[str, object] | None = Field(
+        None, description="int8 (RERANKER_QUANTIZE): the setting, the mode served (int8-static, int8-weights or off) "
+        "and why, the calibration set, the bounds, and each method's start-up self-check against float32 (max |Δ "
+        "score|, Spearman and top-k overlap per query) and whether it was read from the cache.",
+    )
 
 
 class TEIClassifier(BaseModel):
@@ -137,6 +142,7 @@ def _model_info(registry: ModelRegistry, spec: ModelSpec, *, paths: bool = True)
         max_queue=spec.max_queue,
         batches_in_flight=engine.batcher.depth if engine else None,
         takes_instruction=model.takes_instruction if model else None,
+        quantization=dict(model.quantization) if model and model.quantization is not None else None,
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from itertools import chain
-from typing import Any, Callable, Iterable, Literal, Protocol, Sequence
+from typing import Any, Callable, Iterable, Literal, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -95,6 +95,9 @@ class ScoringModel(Protocol):
     # Start a forward pass and return at once; the raw scores come from ``Pending.result()``.
     # None: the model has only the blocking ``forward``, and the batcher runs one batch at a time.
     launch: Callable[[Sequence[Pair]], Pending] | None
+    # int8 as /info shows it (models/quantize.py): the setting, what serves and why, the start-up
+    # self-check's numbers. None: the family is never quantized.
+    quantization: Mapping[str, object] | None
 
     def encode(self, query: str, documents: Sequence[str], options: EncodeOptions) -> list[Pair]:
         """At least one pair per document, each naming its document in ``Pair.doc``."""

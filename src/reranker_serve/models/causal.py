@@ -74,6 +74,7 @@ class PromptedLM:
     padded = True
     asynchronous = False
     launch: Callable[[Sequence[Pair]], Pending] | None = None
+    quantization = None  # int8 is for cross-encoders (models/quantize.py)
 
     def __init__(self, model: Any, hf_tokenizer: Any, *, name: str, family: str, max_length: int,
                  template: PromptTemplate) -> None:

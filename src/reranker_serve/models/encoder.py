@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 import torch
 from loguru import logger
 
+from .. import device as cpu_capability
 from ..config import ModelSpec
 from ..device import Placement
 from ..errors import ModelLoadError
@@ -27,12 +28,13 @@ from .choice import CHECK_DOCUMENTS, compare, plan_attention, report_unpadded_ch
 from .base import EncodeOptions, Pair, Pending, sigmoid
 from .hf import pad_id_of, window_limit
 from .openvino import to_openvino
+from .quantize import nncf_available, plan_quantization, quantize_model
 from .runners import POSITION_OFFSET_MODELS, Feed, PaddedRunner, Runner, UnpaddedRunner, unpadded_head
 from .templates import PairTemplate, PromptTemplate, encode_pairs, qwen3_template, rust_tokenizer
 
 __all__ = [
     "ClassifierTemplate", "SequenceClassificationReranker", "apply_attention", "choose_attention",
-    "load_sequence_classifier", "pair_template", "qwen3_classifier_template", "use_openvino",
+    "load_sequence_classifier", "pair_template", "qwen3_classifier_template", "use_int8", "use_openvino",
 ]
 
 
@@ -63,6 +65,7 @@ class SequenceClassificationReranker:
         self.attention_note = ""  # why this attention path (start-up self-check, setting, device)
         self.backend_note = ""  # why this backend (OpenVINO's start-up check against torch)
         self.attn_implementation = str(config._attn_implementation)  # transformers' (sdpa, eager)
+        self.quantization: dict[str, object] | None = None  # int8 (use_int8), as /info shows it
 
     @property
     def runner(self) -> Runner:
@@ -163,6 +166,24 @@ def use_openvino(reranker: SequenceClassificationReranker, model: Any, feed: Fee
     reranker.runner = PaddedRunner(model.to(dtype), feed)
 
 
+def use_int8(reranker: SequenceClassificationReranker, model: Any, feed: Feed, *, spec: ModelSpec,
+             dtype: torch.dtype) -> None:
+    """RERANKER_QUANTIZE: give ``reranker`` an int8 OpenVINO runner if one passes its start-up
+    self-check against torch float32 (models/quantize.py); else it keeps the runner it has."""
+    plan = plan_quantization(spec.quantize, dtype_setting=spec.dtype, dtype=dtype, device=reranker.device,
+                             openvino=reranker.backend == "openvino", nncf=nncf_available,
+                             bf16_hardware=lambda: cpu_capability.cpu_has_fast_bf16())  # read at call: tests inject it
+    runner, report = quantize_model(
+        model=model, feed=feed, encode=lambda query, docs: reranker.encode(query, docs, EncodeOptions(
+            max_length=reranker.max_length)), raw_scores=reranker.raw_scores, plan=plan, setting=spec.quantize,
+        dtype=dtype, threads=torch.get_num_threads(), cache_dir=spec.cache_dir, name=spec.name,
+        calibration=spec.quantize_calibration,
+    )
+    reranker.quantization = report.as_info()
+    if runner is not None:
+        reranker.runner = runner
+
+
 # How a classifier family lays out its input: (the tokenizer, the fast tokenizer, the spec) → its template.
 ClassifierTemplate = Callable[[Any, Any, ModelSpec], PairTemplate | PromptTemplate]
 
@@ -209,4 +230,5 @@ def load_sequence_classifier(spec: ModelSpec, *, family: Family, placement: Plac
         use_openvino(reranker, model, feed, spec=spec, dtype=placement.dtype)
     elif family.unpadded:
         choose_attention(reranker, model, feed, setting=spec.attention)
+    use_int8(reranker, model, feed, spec=spec, dtype=placement.dtype)
     return reranker

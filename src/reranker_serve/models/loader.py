@@ -141,6 +141,11 @@ def load_model(spec: ModelSpec, placement: Placement) -> ScoringModel:
         )
     placement = for_family(placement, family, dtype_setting=spec.dtype)
     backend = _backend(spec, family, placement)
+    if spec.quantize == "int8" and backend != "openvino":
+        raise ModelLoadError(
+            f"RERANKER_QUANTIZE=int8 quantizes cross-encoders served by OpenVINO on the CPU; {spec.name!r} is a "
+            f"{family.name} reranker on {placement.device} ({backend}): use RERANKER_QUANTIZE=auto or off"
+        )
     try:
         model: ScoringModel = LOADERS[family.name](spec, family=family, placement=placement, backend=backend)
     except ModelLoadError:

@@ -29,25 +29,37 @@ from loguru import logger
 from .base import Pair
 from .runners import Feed, Runner, padded_inputs
 
-__all__ = ["OpenVINORunner", "openvino_available", "to_openvino"]
+__all__ = ["OpenVINORunner", "compile_for_cpu", "convert_to_openvino", "import_openvino", "openvino_available",
+           "to_openvino", "without_telemetry"]
 
 _PRECISION = {torch.bfloat16: "bf16", torch.float16: "f16", torch.float32: "f32"}
+
+
+@contextmanager
+def without_telemetry() -> Iterator[None]:
+    """Imports inside see no ``openvino_telemetry``: OpenVINO (and NNCF, which sends its own usage
+    events through the same package) then bind their no-op stubs for good."""
+    hidden = sys.modules.get("openvino_telemetry", ...)
+    sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]  # its import fails: the stub is used
+    try:
+        yield
+    finally:
+        if hidden is ...:
+            del sys.modules["openvino_telemetry"]
+        else:
+            sys.modules["openvino_telemetry"] = hidden
 
 
 def _openvino() -> Any:
     """``import openvino``, with its telemetry replaced by OpenVINO's own no-op stub."""
     if "openvino" in sys.modules:
         return sys.modules["openvino"]
-    hidden = sys.modules.get("openvino_telemetry", ...)
-    sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]  # its import fails: the stub is used
-    try:
+    with without_telemetry():
         import openvino
-    finally:
-        if hidden is ...:
-            del sys.modules["openvino_telemetry"]
-        else:
-            sys.modules["openvino_telemetry"] = hidden
     return openvino
+
+
+import_openvino = _openvino  # for the modules beside this one (quantize.py): the one way to import it
 
 
 def openvino_available() -> bool:
@@ -89,13 +101,18 @@ class OpenVINORunner(Runner):
     backend = "openvino"
     asynchronous = True
 
-    def __init__(self, compiled: Any, feed: Feed, *, dtype: torch.dtype) -> None:
+    def __init__(self, compiled: Any, feed: Feed, *, dtype: torch.dtype, precision: str | None = None) -> None:
         # The last batch of each request, oldest first (idle requests to begin with).
         self._batches = deque(_StartedBatch(compiled.create_infer_request(), torch.empty(0)) for _ in range(2))
         self._inputs = {port.get_any_name() for port in compiled.inputs}
         self.feed = feed
         self.device = "cpu"
         self.dtype = dtype
+        self.precision = precision  # None: the dtype's name
+
+    @property
+    def dtype_name(self) -> str:
+        return self.precision or super().dtype_name
 
     def start(self, batch: Sequence[Pair]) -> Callable[[], torch.Tensor]:
         inputs = padded_inputs(batch, self.feed, device="cpu")
@@ -151,10 +168,9 @@ def _finite_padding_rows(config: Any) -> Iterator[None]:
         config._attn_implementation = "sdpa"
 
 
-def to_openvino(model: Any, feed: Feed, *, dtype: torch.dtype, threads: int, name: str) -> OpenVINORunner:
-    """Convert a loaded (float32) torch sequence classifier and compile it for the CPU."""
+def convert_to_openvino(model: Any, feed: Feed) -> Any:
+    """A loaded (float32) torch sequence classifier as an OpenVINO model (not compiled yet)."""
     ov = _openvino()
-    started = time.perf_counter()
     # A padded example: an all-ones mask lets transformers trace a graph that drops the mask.
     mask = torch.ones((2, 8), dtype=torch.long)
     mask[1, 5:] = 0
@@ -164,16 +180,31 @@ def to_openvino(model: Any, feed: Feed, *, dtype: torch.dtype, threads: int, nam
     # Tracing warns that shape checks become constants; they hold for every padded batch we send.
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings(), _finite_padding_rows(model.config):
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        converted = ov.convert_model(
+        return ov.convert_model(
             model, example_input=example, input=[(key, [-1, -1], ov.Type.i64) for key in example]
         )
+
+
+def compile_for_cpu(converted: Any, feed: Feed, *, dtype: torch.dtype, threads: int,
+                    precision: str | None = None) -> OpenVINORunner:
+    """Compile an OpenVINO model for the CPU, its float operations in ``dtype``'s precision.
+
+    ``precision``: what /info calls it when that is not ``dtype`` (an int8 model: "int8").
+    """
     config = {
         "INFERENCE_PRECISION_HINT": _PRECISION.get(dtype, "f32"),
         "PERFORMANCE_HINT": "LATENCY",  # one stream: the batcher runs one batch at a time
         "NUM_STREAMS": "1",
         "INFERENCE_NUM_THREADS": str(threads),
     }
-    compiled = ov.Core().compile_model(converted, "CPU", config)
-    logger.info("converted {} to OpenVINO ({}) in {:.1f} s", name, config["INFERENCE_PRECISION_HINT"],
+    compiled = _openvino().Core().compile_model(converted, "CPU", config)
+    return OpenVINORunner(compiled, feed, dtype=dtype, precision=precision)
+
+
+def to_openvino(model: Any, feed: Feed, *, dtype: torch.dtype, threads: int, name: str) -> OpenVINORunner:
+    """Convert a loaded (float32) torch sequence classifier and compile it for the CPU."""
+    started = time.perf_counter()
+    runner = compile_for_cpu(convert_to_openvino(model, feed), feed, dtype=dtype, threads=threads)
+    logger.info("converted {} to OpenVINO ({}) in {:.1f} s", name, _PRECISION.get(dtype, "f32"),
                 time.perf_counter() - started)
-    return OpenVINORunner(compiled, feed, dtype=dtype)
+    return runner
