@@ -23,6 +23,21 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 
+def length_sorted_batches(encoded: list[list[list[int]]], *, batch_tokens: int) -> list[list[tuple[int, int, int]]]:
+    """(length, request, pair) batches, longest first, each under the padded-token budget, as
+    the batcher makes them (shared with int8_check.py, so both measure the same batches)."""
+    flat = sorted(((len(p), r, i) for r, pairs in enumerate(encoded) for i, p in enumerate(pairs)), reverse=True)
+    batches: list[list[tuple[int, int, int]]] = []
+    current: list[tuple[int, int, int]] = []
+    for item in flat:
+        if current and (len(current) + 1) * current[0][0] > batch_tokens:
+            batches.append(current)
+            current = []
+        current.append(item)
+    batches.append(current)
+    return batches
+
+
 def spearman(a: list[float], b: list[float]) -> float:
     def ranks(x: list[float]) -> list[float]:
         order = sorted(range(len(x)), key=lambda i: x[i])
@@ -72,14 +87,7 @@ def main() -> int:
         model = load_model(spec, Placement(args.device, getattr(torch, dtype)))
         options = EncodeOptions(max_length=model.max_length)
         encoded = [model.encode(query, docs, options) for query, docs in requests]
-        flat = sorted(((len(p), r, i) for r, pairs in enumerate(encoded) for i, p in enumerate(pairs)), reverse=True)
-        batches, current = [], []
-        for item in flat:  # length-sorted batches under the token budget, as the batcher makes them
-            if current and (len(current) + 1) * current[0][0] > args.batch_tokens:
-                batches.append(current)
-                current = []
-            current.append(item)
-        batches.append(current)
+        batches = length_sorted_batches(encoded, batch_tokens=args.batch_tokens)
         model.forward(encoded[0][:2])  # warm up
         out = [[0.0] * len(pairs) for pairs in encoded]
         started = time.perf_counter()

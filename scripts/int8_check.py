@@ -28,6 +28,7 @@ def main() -> int:
     import torch
 
     from benchmark import DEFAULT_DATA, build_requests
+    from drift import length_sorted_batches
     from reranker_serve.config import Settings
     from reranker_serve.device import Placement, configure_cpu_threads, cpu_has_fast_bf16
     from reranker_serve.models import EncodeOptions, load_model
@@ -61,14 +62,7 @@ def main() -> int:
     model, feed = reranker.runner.model, reranker.runner.feed
     options = EncodeOptions(max_length=reranker.max_length)
     encoded = [reranker.encode(query, docs, options) for query, docs in requests]
-    flat = sorted(((len(p), r, i) for r, pairs in enumerate(encoded) for i, p in enumerate(pairs)), reverse=True)
-    batches, current = [], []
-    for item in flat:  # length-sorted batches under the token budget, as the batcher makes them
-        if current and (len(current) + 1) * current[0][0] > args.batch_tokens:
-            batches.append(current)
-            current = []
-        current.append(item)
-    batches.append(current)
+    batches = length_sorted_batches(encoded, batch_tokens=args.batch_tokens)
     check = [reranker.encode(query, docs, options) for query, docs in CHECK_TOPICS]
 
     def run(runner) -> tuple[list[list[float]], float]:
