@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 from llm_models import build_qwen3
+from vision_models import build_jina_m0, build_qwen3_vl
 
 from reranker_serve.config import Settings
 from reranker_serve.device import Placement
@@ -55,3 +56,17 @@ def test_every_loaded_model_class_has_the_whole_protocol(tiny_model, tmp_path):
         assert callable(members["launch"])
         pairs = model.encode("q", ["a document", "another one"], EncodeOptions(max_length=model.max_length))
         assert model.launch(pairs).result() == model.forward(pairs)
+
+
+def test_the_vision_models_have_the_whole_protocol(tmp_path):
+    # /info reads every member (it answered 500 on jina-m0 when `quantization` came to the protocol).
+    for build, family in ((build_qwen3_vl, "qwen3-vl"), (build_jina_m0, "jina-m0")):
+        folder = build(tmp_path / f"{family}-reranker-tiny" if family == "jina-m0" else tmp_path / "Qwen3-VL-Reranker-tiny")
+        model = load_model(Settings(_env_file=None, model_path=folder).model_specs[0], Placement("cpu", torch.float32))
+        members = _members_of(model)
+        assert model.family == family
+        assert (members["attention"], members["padded"], members["asynchronous"], members["launch"]) == \
+            ("padded", True, False, None)
+        assert members["quantization"] is None
+        pairs = model.encode("q", ["a document", "another one"], EncodeOptions(max_length=model.max_length))
+        assert len(model.forward(pairs)) == 2

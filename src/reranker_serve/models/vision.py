@@ -117,6 +117,7 @@ class VisionReranker:
     padded = True
     asynchronous = False
     launch = None
+    quantization = None  # int8 is for cross-encoders (models/quantize.py)
 
     def __init__(self, model: Any, hf_tokenizer: Any, image_processor: Any, *, name: str, family: str,
                  max_length: int, recipe: VisionRecipe, head: Callable[[Any, torch.Tensor], torch.Tensor],
