@@ -57,15 +57,29 @@ def doc(token: int, n: int) -> list[Pair]:
     return [Pair([token] * 10, doc=i) for i in range(n)]
 
 
-async def test_a_request_whose_estimated_wait_exceeds_its_deadline_is_refused_at_once_and_costs_nothing():
+async def measured(**options) -> tuple[FakeClock, TimedModel, Batcher]:
+    """A batcher on a 100 tokens/s model (a pair of 10 tokens: 0.1 s) whose rate a first
+    request has measured."""
     clock = FakeClock()
-    model = TimedModel(clock, tokens_per_s=100)  # a pair of 10 tokens: 0.1 s
-    batcher = start(model)
-    await batcher.submit(doc(1, 10), timeout=30)  # measures the rate: 100 tokens/s
+    model = TimedModel(clock, tokens_per_s=100)
+    batcher = start(model, **options)
+    await batcher.submit(doc(1, 10), timeout=30)
+    return clock, model, batcher
+
+
+async def hold(model: TimedModel, batcher: Batcher, pairs: list[Pair]) -> asyncio.Future:
+    """``pairs`` submitted, returned once their pass is in forward(), held there until the
+    model's gate is set."""
     model.gate.clear()
     model.entered.clear()
-    held = asyncio.ensure_future(batcher.submit(doc(2, 10), timeout=30))  # 1 s, in forward() now
+    held = asyncio.ensure_future(batcher.submit(pairs, timeout=30))
     await entered(model)
+    return held
+
+
+async def test_a_request_whose_estimated_wait_exceeds_its_deadline_is_refused_at_once_and_costs_nothing():
+    clock, model, batcher = await measured()
+    held = await hold(model, batcher, doc(2, 10))  # 1 s, in forward() now
     backlog = asyncio.ensure_future(batcher.submit(doc(3, 30), timeout=30))  # 3 s
     await admitted(batcher, 10 + 30)
     before = clock.now()
@@ -86,14 +100,8 @@ async def test_a_request_whose_estimated_wait_exceeds_its_deadline_is_refused_at
 
 
 async def test_a_request_that_fits_its_deadline_is_served_within_it():
-    clock = FakeClock()
-    model = TimedModel(clock, tokens_per_s=100)
-    batcher = start(model)
-    await batcher.submit(doc(1, 10), timeout=30)
-    model.gate.clear()
-    model.entered.clear()
-    held = asyncio.ensure_future(batcher.submit(doc(2, 10), timeout=30))
-    await entered(model)
+    clock, model, batcher = await measured()
+    held = await hold(model, batcher, doc(2, 10))
     backlog = asyncio.ensure_future(batcher.submit(doc(3, 30), timeout=30))
     await admitted(batcher, 10 + 30)
     # The same wait (1 s in flight, 2 s of the backlog, 2 s its own) within 0.8 of 7 s.
@@ -110,14 +118,8 @@ async def test_a_request_that_fits_its_deadline_is_served_within_it():
 
 async def test_the_batch_in_flight_counts_in_the_estimate():
     # Nothing else waits, but the worker is busy for 5 s: a 2 s deadline cannot be met.
-    clock = FakeClock()
-    model = TimedModel(clock, tokens_per_s=100)
-    batcher = start(model, max_batch_size=100)
-    await batcher.submit(doc(1, 10), timeout=30)
-    model.gate.clear()
-    model.entered.clear()
-    held = asyncio.ensure_future(batcher.submit(doc(2, 50), timeout=30))  # one 5 s batch in forward()
-    await entered(model)
+    clock, model, batcher = await measured(max_batch_size=100)
+    held = await hold(model, batcher, doc(2, 50))  # one 5 s batch in forward()
     with pytest.raises(RerankError) as info:
         await batcher.submit(doc(3, 1), timeout=2)
     assert info.value.kind is ErrorKind.OVERLOADED and "would wait for about 500 tokens" in info.value.message
@@ -129,14 +131,8 @@ async def test_the_batch_in_flight_counts_in_the_estimate():
 async def test_a_newcomer_that_would_make_an_admitted_request_miss_its_deadline_is_refused():
     # An admitted request was planned to finish in time; a later one of its class would share
     # the model with it (fair queuing) and push it past its deadline: the later one gets 429.
-    clock = FakeClock()
-    model = TimedModel(clock, tokens_per_s=100)
-    batcher = start(model)
-    await batcher.submit(doc(1, 10), timeout=30)
-    model.gate.clear()
-    model.entered.clear()
-    held = asyncio.ensure_future(batcher.submit(doc(2, 1), timeout=30))  # 0.1 s in flight
-    await entered(model)
+    clock, model, batcher = await measured()
+    held = await hold(model, batcher, doc(2, 1))  # 0.1 s in flight
     tight = asyncio.ensure_future(batcher.submit(doc(3, 30), timeout=4))  # 3.1 s of its 3.2 s plan
     await admitted(batcher, 1 + 30)
     with pytest.raises(RerankError) as info:
@@ -150,10 +146,7 @@ async def test_a_newcomer_that_would_make_an_admitted_request_miss_its_deadline_
 
 
 async def test_a_request_too_slow_even_alone_is_413_with_the_remedy():
-    clock = FakeClock()
-    model = TimedModel(clock, tokens_per_s=100)
-    batcher = start(model)
-    await batcher.submit(doc(1, 10), timeout=30)
+    clock, model, batcher = await measured()
     with pytest.raises(RerankError) as info:
         await batcher.submit(doc(2, 100), timeout=5)  # 10 s of work alone
     assert info.value.kind is ErrorKind.PAYLOAD_TOO_LARGE
@@ -164,10 +157,7 @@ async def test_a_request_too_slow_even_alone_is_413_with_the_remedy():
 async def test_the_default_deadline_stretches_to_what_slow_hardware_needs():
     # Where the deadline is the default one, a request gets at least DEADLINE_SHARES times its
     # own compute time: the same 10 s request is served, and its wait bounded by 4 x 10 s.
-    clock = FakeClock()
-    model = TimedModel(clock, tokens_per_s=100)
-    batcher = start(model, stretch_deadline=True)
-    await batcher.submit(doc(1, 10), timeout=30)
+    clock, model, batcher = await measured(stretch_deadline=True)
     started = clock.now()
     result = await batcher.submit(doc(2, 100), timeout=5)
     assert result.scores == [fake_score(p) for p in doc(2, 100)]

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from conftest import RunningServer, build_tiny_model, settings_for
+from netguard import network_guard
 from reranker_serve import device as cpu_capability
 from reranker_serve.app import create_app
 from reranker_serve.bootstrap import start_up_settings
@@ -259,29 +260,7 @@ def test_quantizing_opens_no_outside_connection(int8_model, tmp_path):
     # telemetry"), with every outside connection recorded and refused.
     attempts = tmp_path / "attempts.txt"
     script = tmp_path / "quantize_guarded.py"
-    script.write_text(f'''
-import socket, sys
-_connect, _getaddrinfo = socket.socket.connect, socket.getaddrinfo
-
-def _record(what):
-    with open({str(attempts)!r}, "a") as f:
-        f.write(repr(what) + "\\n")
-
-def connect(self, address):
-    host = address[0] if isinstance(address, tuple) else address
-    if isinstance(host, str) and not host.startswith("127.") and host not in ("::1", "localhost") \\
-            and self.family != socket.AF_UNIX:
-        _record(address)
-        raise OSError("network blocked by test")
-    return _connect(self, address)
-
-def getaddrinfo(host, *args, **kwargs):
-    if host not in (None, "localhost", "127.0.0.1", "::1"):
-        _record(host)
-        raise socket.gaierror("name resolution blocked by test")
-    return _getaddrinfo(host, *args, **kwargs)
-
-socket.socket.connect, socket.getaddrinfo = connect, getaddrinfo
+    script.write_text(network_guard(attempts) + f'''
 import torch
 from reranker_serve.config import Settings
 from reranker_serve.device import Placement

@@ -17,6 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import DOCS, QUERY
+from netguard import network_guard
 from procs import ROOT, free_port, run_daemon, server_env, serving, start_server, wait_ready
 
 
@@ -145,29 +146,7 @@ def test_offline_start_opens_no_outside_connection(tiny_model, tmp_path):
     port, log = free_port(), tmp_path / "server.log"
     guard = tmp_path / "guarded_main.py"
     attempts = tmp_path / "attempts.txt"
-    guard.write_text(f'''
-import socket, sys
-_connect, _getaddrinfo = socket.socket.connect, socket.getaddrinfo
-LOG = {str(attempts)!r}
-
-def _record(what):
-    with open(LOG, "a") as f:
-        f.write(repr(what) + "\\n")
-
-def connect(self, address):
-    host = address[0] if isinstance(address, tuple) else address
-    if isinstance(host, str) and not (host.startswith("127.") or host in ("::1", "localhost")) and self.family != socket.AF_UNIX:
-        _record(address)
-        raise OSError("network blocked by test")
-    return _connect(self, address)
-
-def getaddrinfo(host, *args, **kwargs):
-    if host not in (None, "localhost", "127.0.0.1", "::1"):
-        _record(host)
-        raise socket.gaierror("name resolution blocked by test")
-    return _getaddrinfo(host, *args, **kwargs)
-
-socket.socket.connect, socket.getaddrinfo = connect, getaddrinfo
+    guard.write_text(network_guard(attempts) + '''
 from reranker_serve.__main__ import main
 sys.exit(main())
 ''')
