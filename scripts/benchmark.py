@@ -22,8 +22,11 @@
 Requests are built from real text (Vaswani by default: ../shared/data/vaswani, or --text FILE
 with one document per line): documents of --min-words..--max-words words (consecutive abstracts
 joined), --docs per request, a random query each. Reports pairs/s, p50/p99 latency, status
-counts, and useful GFLOP/s (2·params·tokens + attention, padding excluded) against this
-machine's measured matmul rate. --json writes everything to a file.
+counts, and MFU: useful GFLOP/s (scripts/mfu.py: 2·matmul params·tokens + attention 4·L²·h
+per layer, padding excluded) against the served precision's matmul peak on this CPU (torch
+float32/bfloat16, OpenVINO int8, same threads), measured right after each server's run, both
+over wall-clock time and per CPU second of the server (the figure a shared machine moves less);
+the load average is printed beside each run. --json writes everything to a file.
 
 On CUDA it also reports the GPU's name, its fp16/bf16 8192³ matmul peak, the GPU's busy share
 during each run (torch.cuda.utilization, NVML), and useful TFLOP/s against that peak;
@@ -54,6 +57,8 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+
+from mfu import flops_per_pair, matmul_peak, mfu
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "vaswani"
@@ -101,21 +106,6 @@ def build_requests(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
 
 
 # -- machine ----------------------------------------------------------------------------------------
-def matmul_rate(dtype_name: str, n: int = 1024, repeat: int = 20) -> float:
-    import torch
-
-    dtype = getattr(torch, dtype_name)
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
-
-
 # The CPU features that decide which precision pays (bf16 needs AVX512-BF16 or AMX; int8 VNNI).
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
@@ -147,14 +137,6 @@ def parse_mode(spec: str) -> tuple[str, dict[str, str]]:
         key, _, value = item.partition("=")
         env[key[1:] if key.startswith("+") else f"RERANKER_{key.upper()}"] = value
     return name, env
-
-
-def flops_per_pair(config: dict, tokens: int) -> float:
-    h, layers = config["hidden_size"], config["num_hidden_layers"]
-    ffn = config.get("intermediate_size", 4 * h)
-    dense = layers * (4 * h * h + 2 * h * ffn) + h * h  # attention projections, FFN, classifier head
-    attention = layers * 4 * tokens * tokens * h  # QK^T and attention·V
-    return 2 * dense * tokens + attention
 
 
 def pair_lengths(model: Path, requests: list[tuple[str, list[str]]], max_length: int) -> list[list[int]]:
@@ -395,7 +377,8 @@ def batching(url: str) -> dict:
 
 
 def report(name: str, result: dict, request_flops: list[float] | None, peak: float | None) -> None:
-    result["matmul_gflops"] = peak
+    if peak is not None:
+        result["matmul_gflops"] = peak
     line = (f"{name:>10}: {result['pairs_per_s']:7.2f} pairs/s  p50 {result['p50_ms'] or 0:8.1f} ms  "
             f"p99 {result['p99_ms'] or 0:8.1f} ms  statuses {result['statuses']}")
     if "cpu_ms_per_pair" in result:
@@ -408,7 +391,13 @@ def report(name: str, result: dict, request_flops: list[float] | None, peak: flo
         line += f"  GPU busy {100 * result['gpu_busy_share']:.0f}%"
     if "real_token_share" in result:
         line += f"  real tokens {100 * result['real_token_share']:.0f}%, {result['pairs_per_batch']:.1f} pairs/batch"
-    if request_flops:
+    if "mfu" in result:  # measured beside the run (CPU)
+        line += (f"  useful {result['useful_gflops']:6.1f} GFLOP/s, MFU {100 * result['mfu']:.0f}% of "
+                 f"{result['peak_gflops']:.0f} ({result['dtype']} matmul)")
+        if "mfu_cpu" in result:
+            line += f", per CPU second {100 * result['mfu_cpu']:.0f}%"
+        line += f"  load {result['load']:.1f}"
+    elif request_flops:
         # Only answered requests count as useful work.
         gflops = sum(request_flops[i] for i in result["succeeded"]) / result["seconds"] / 1e9
         result["useful_gflops"] = gflops
@@ -427,6 +416,15 @@ def _dtype_of(info: dict) -> str | None:
     return models[0].get("dtype") if models and isinstance(models[0], dict) else None
 
 
+def _cell(run: dict | None) -> str:
+    if not run:
+        return "did not start"
+    if "mfu" not in run:
+        return f"{run['pairs_per_s']:.2f}"
+    per_cpu = f", {100 * run['mfu_cpu']:.0f}%" if "mfu_cpu" in run else ""
+    return f"{run['pairs_per_s']:.2f} ({100 * run['mfu']:.0f}%{per_cpu}; {run['load']:.1f})"
+
+
 def markdown_table(out: dict, names: list[str]) -> str:
     """Every system's pairs/s in each round (servers run one after another, round after round:
     A B A B), with the machine and its CPU flags in the header."""
@@ -434,18 +432,19 @@ def markdown_table(out: dict, names: list[str]) -> str:
     rounds = out.get("rounds", {})
     n = max((len(v) for v in rounds.values()), default=0)
     lines = [f"{m['cpu']}, {m['cores']} cores; CPU flags: {', '.join(m.get('flags') or ['none of ' + '/'.join(CPU_FLAGS)])}",
-             "", "| system | dtype | " + " | ".join(f"round {i + 1} pairs/s" for i in range(n)) +
-             " | statuses (last round) | p50 / p99 ms (last round) |",
-             "|---|---|" + "---|" * n + "---|---|"]
+             "", "| system | dtype | " + " | ".join(f"round {i + 1} pairs/s (MFU, per CPU s; load)" for i in range(n)) +
+             " | matmul peak GFLOP/s (last round) | statuses (last round) | p50 / p99 ms (last round) |",
+             "|---|---|" + "---|" * n + "---|---|---|"]
     for name in names:
         runs = rounds.get(name, [])
         if not any(runs):
             continue
         last = [r for r in runs if r][-1]
-        cells = [f"{r['pairs_per_s']:.2f}" if r else "did not start" for r in runs] + [""] * (n - len(runs))
+        cells = [_cell(r) for r in runs] + [""] * (n - len(runs))
+        peak = f"{last['peak_gflops']:.0f}" if last.get("peak_gflops") else "—"
         statuses = ", ".join(f"{k}: {v}" for k, v in sorted(last["statuses"].items()))
         latency = f"{last['p50_ms'] or 0:.0f} / {last['p99_ms'] or 0:.0f}"
-        lines.append(f"| {name} | {last['dtype']} | " + " | ".join(cells) + f" | {statuses} | {latency} |")
+        lines.append(f"| {name} | {last['dtype']} | " + " | ".join(cells) + f" | {peak} | {statuses} | {latency} |")
     return "\n".join(lines)
 
 
@@ -819,7 +818,8 @@ def main() -> int:
             out["gpu"] = _gpu_name()
             print(f"gpu: {out['gpu']}")
         else:
-            peaks = {d: matmul_rate(d) for d in ("float32", "bfloat16")} if args.model else {}
+            peaks = {}  # CPU: the served precision's peak is measured beside each run (below)
+        threads = len(os.sched_getaffinity(0))  # what our server uses (RERANKER_THREADS=0) and the others are given
         targets: list = [("server", None)] if args.url else []
         if args.model and not args.url:
             # Ours once per --mode (default: one, the defaults), each a server of its own.
@@ -846,6 +846,16 @@ def main() -> int:
             if args.in_process and args.model:
                 both = in_process(args, requests)
                 out["in-process"], out["engine"] = both["bare"], both["engine"]
+                if not cuda and useful is not None:
+                    peak = matmul_peak(both["bare"]["dtype"], threads)
+                    for key, row in (("in-process", both["bare"]), ("engine", both["engine"])):
+                        row["load"] = os.getloadavg()[0]
+                        if peak is not None:
+                            row.update(mfu(sum(useful), row["seconds"], row["cpu_ms_per_pair"] * row["pairs"] / 1000,
+                                           threads, peak))
+                        out.setdefault("rounds", {}).setdefault(key, []).append(
+                            {k: row[k] for k in ("pairs_per_s", "p50_ms", "p99_ms", "statuses", "dtype", "mfu",
+                                                 "mfu_cpu", "peak_gflops", "load") if k in row})
                 print(f"in-process: {both['bare']['pairs_per_s']:.2f} pairs/s (encode + forward, best batches); "
                       f"engine without HTTP: {both['engine']['pairs_per_s']:.2f}", flush=True)
             for name, starter in targets:
@@ -897,12 +907,24 @@ def main() -> int:
                 if proc is not None:
                     proc.terminate()
                     proc.wait(60)
+                if not cuda and useful is not None:
+                    # With this server gone, the matmul peak of the precision it served, as close to its
+                    # run as the machine allows (a neighbour's load moves both alike), and the load average.
+                    peak = matmul_peak(dtype, threads)
+                    result["load"] = os.getloadavg()[0]
+                    if peak is not None:
+                        result.update(mfu(sum(useful[i] for i in result["succeeded"]), result["seconds"],
+                                          result.get("cpu_ms_per_pair", 0) * result["pairs"] / 1000 or None,
+                                          threads, peak))
+                        out.setdefault("matmul_peaks", []).append({"dtype": dtype, **peak})
+                    out["rounds"][name][-1].update({k: result[k] for k in ("mfu", "mfu_cpu", "peak_gflops", "load")
+                                                    if k in result})
             if "in-process" in out and "ours" in out:
                 shares.append(out["ours"]["pairs_per_s"] / out["in-process"]["pairs_per_s"])
                 if args.rounds > 1:
                     print(f"round {round_ + 1}: server / in-process {100 * shares[-1]:.0f}%", flush=True)
         if peaks:
-            after = {d: (cuda_matmul_peak if cuda else matmul_rate)(d) for d in peaks}
+            after = {d: cuda_matmul_peak(d) for d in peaks}
             out["matmul_gflops"] = {d: {"before": peaks[d], "after": after[d]} for d in peaks}
             peaks = {d: max(peaks[d], after[d]) for d in peaks}
             size = "8192³ CUDA" if cuda else "1024³"
@@ -910,7 +932,7 @@ def main() -> int:
         names = [name for name, _ in targets] + (["in-process", "engine"] if "in-process" in out else [])
         for name in names:
             if name in out:
-                report(name, out[name], useful, peaks.get(out[name]["dtype"]))
+                report(name, out[name], useful, peaks.get(out[name]["dtype"]) if cuda else None)
         if "in-process" in out and "ours" in out:
             share = out["ours"]["pairs_per_s"] / out["in-process"]["pairs_per_s"]
             out["server_of_in_process"] = share
@@ -930,7 +952,7 @@ def main() -> int:
                 out[f"ratio_{other}"] = ratio
                 print(f"ours / {other} throughput: {ratio:.2f}x")
         if args.table:
-            print(markdown_table(out, [name for name, _ in targets]))
+            print(markdown_table(out, [name for name, _ in targets] + (["in-process", "engine"] if args.in_process else [])))
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
     return 0
