@@ -8,8 +8,10 @@ length-sorted batches of Vaswani (query, document) pairs (--batch-tokens per bat
 batcher builds them): OpenVINO float32, bf16, int8 static (NNCF, calibrated on the built-in set
 or --calibration) and int8 weight-only. Drift is measured against torch float32 twice: on the
 timed workload, and on the start-up self-check set with its bounds (models/quantize.py), so the
-numbers are the ones /info would show. int8 is compiled with its float operations in f32, as on
-a CPU without bf16 hardware; bf16 only runs where the CPU has it (it is emulated, slowly, elsewhere).
+numbers are the ones /info would show. int8-static / int8-weights compile their float operations
+in f32, as on a CPU without bf16 hardware; int8-static-bf16 compiles them in bf16, as the server
+does with RERANKER_QUANTIZE=int8 where the CPU has bf16 hardware (the placement's dtype is bf16
+there); bf16 only runs where the CPU has it (it is emulated, slowly, elsewhere).
 """
 
 from __future__ import annotations
