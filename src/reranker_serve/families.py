@@ -67,7 +67,8 @@ def _causal(architectures: list[str]) -> bool:
 
 
 def _bare_encoder(architectures: list[str]) -> bool:
-    return bool(architectures) and all(a.endswith("Model") and not a.endswith("PreTrainedModel")
+    # ModernBertModel, BertModel: no head of its own (GPT2LMHeadModel has one: it is a language model).
+    return bool(architectures) and all(a.endswith("Model") and "Head" not in a and not a.endswith("PreTrainedModel")
                                        for a in architectures)
 
 
