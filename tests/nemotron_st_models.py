@@ -57,7 +57,7 @@ def _llama3_tokenizer(out: Path, *, max_length: int):
 
 def build_nemotron(out: Path, *, seed: int = 0, pooling: str = "avg", temperature: float = 1.0, hidden: int = 32,
                    layers: int = 2, heads: int = 4, kv_heads: int = 2, intermediate: int = 64,
-                   max_length: int = 8192) -> Path:
+                   max_length: int = 8192, init: float = 0.3) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
@@ -69,7 +69,7 @@ def build_nemotron(out: Path, *, seed: int = 0, pooling: str = "avg", temperatur
                          rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0,
                                           "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                           "original_max_position_embeddings": 8192},
-                         tie_word_embeddings=True, initializer_range=0.3, num_labels=1,
+                         tie_word_embeddings=True, initializer_range=init, num_labels=1,
                          bos_token_id=tok.token_to_id("<|begin_of_text|>"),
                          eos_token_id=tok.token_to_id("<|end_of_text|>"))
     LlamaForSequenceClassification(config).eval().save_pretrained(out)
@@ -82,7 +82,8 @@ def build_nemotron(out: Path, *, seed: int = 0, pooling: str = "avg", temperatur
 
 
 def build_modular(out: Path, *, seed: int = 0, pooling: str = "cls", activation: str = "Identity",
-                  prompt: str | None = None, hidden: int = 32, layers: int = 2, intermediate: int = 64) -> Path:
+                  prompt: str | None = None, hidden: int = 32, layers: int = 2, intermediate: int = 64,
+                  window: int = 16, head_std: float = 0.5) -> Path:
     import torch
     from sentence_transformers import CrossEncoder
     from sentence_transformers.base.modules import Dense, Transformer
@@ -97,7 +98,7 @@ def build_modular(out: Path, *, seed: int = 0, pooling: str = "cls", activation:
     torch.manual_seed(seed)
     config = ModernBertConfig(vocab_size=tok.get_vocab_size(), hidden_size=hidden, intermediate_size=intermediate,
                               num_hidden_layers=layers, num_attention_heads=max(2, hidden // 64),
-                              max_position_embeddings=8192, local_attention=16, global_attn_every_n_layers=2,
+                              max_position_embeddings=8192, local_attention=window, global_attn_every_n_layers=2,
                               pad_token_id=0, cls_token_id=2, sep_token_id=3, bos_token_id=2, eos_token_id=3,
                               initializer_range=0.3)
     encoder = ModernBertModel(config)
@@ -107,7 +108,7 @@ def build_modular(out: Path, *, seed: int = 0, pooling: str = "cls", activation:
             Dense(hidden, 1, bias=True, activation_function=torch.nn.Identity(), module_output_name="scores")]
     for module in head:
         for p in module.parameters():
-            torch.nn.init.normal_(p, std=0.5)
+            torch.nn.init.normal_(p, std=head_std)  # wide: scores far apart
     modules = [Transformer(str(base), transformer_task="feature-extraction"), Pooling(hidden, pooling_mode=pooling),
                *head]
     prompts = {"query": prompt} if prompt else None
