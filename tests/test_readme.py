@@ -1,5 +1,5 @@
-"""README examples are a specification: every `curl` in README.md runs verbatim against a server
-started the README's way, and its reply has the shape the README shows.
+"""README examples are a specification: every `curl` in README.md and in docs/*.md runs verbatim
+against a server started the README's way, and its reply has the shape the page shows.
 
 The server of each example gets the `RERANKER_*` variables its code block sets (none: the
 defaults, i.e. `BAAI/bge-reranker-v2-m3` alone). No hub is reachable, so the hub ids the README
@@ -26,7 +26,10 @@ from conftest import RunningServer, build_hub_cache, build_tiny_model
 from llm_models import build_qwen3
 from vision_models import build_qwen3_vl
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+# The front door and the reference it links to: their examples are one specification.
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 
 # Every hub id a README example serves, and the tiny stand-in of its family.
 HUB_MODELS: dict[str, Callable[[Path], Path]] = {
@@ -41,12 +44,13 @@ HUB_MODELS: dict[str, Callable[[Path], Path]] = {
 class Example:
     command: str  # the curl command as written
     env: dict[str, str]  # RERANKER_* set earlier in its code block
-    reply: Any = None  # the reply the README shows after it, if any
+    reply: Any = None  # the reply the page shows after it, if any
     line: int = 0
+    page: str = "README.md"
 
     @property
     def id(self) -> str:
-        return f"README.md:{self.line}"
+        return f"{self.page}:{self.line}"
 
 
 @dataclass
@@ -83,9 +87,9 @@ def _statement(lines: list[tuple[int, str]], start: int) -> tuple[str, int]:
     return text.strip(), i
 
 
-def examples() -> list[Example]:
+def examples(page: Path = README) -> list[Example]:
     found = []
-    for block in _bash_blocks(README.read_text()):
+    for block in _bash_blocks(page.read_text()):
         env: dict[str, str] = {}
         lines, i = block.lines, 0
         while i < len(lines):
@@ -99,25 +103,29 @@ def examples() -> list[Example]:
                 if not (sep and name.startswith("RERANKER_")):
                     break
                 env[name] = value
-            if words[:1] != ["curl"]:
-                continue
+            if words[:1] != ["curl"] or "localhost:8000" not in statement:
+                continue  # a curl elsewhere (docs/evaluation.md downloads a collection) is no example
             shown = []
             while i < len(lines) and lines[i][1].lstrip().startswith("#"):
                 shown.append(lines[i][1].lstrip()[1:].strip())
                 i += 1
             reply = json.loads(" ".join(shown)) if shown and shown[0][:1] in "[{" else None
-            found.append(Example(statement, dict(env), reply, number))
+            found.append(Example(statement, dict(env), reply, number, str(page.relative_to(ROOT))))
     return found
 
 
-EXAMPLES = examples()
+EXAMPLES = [example for page in PAGES for example in examples(page)]
 
 
 def test_the_readme_has_an_example_for_every_dialect():
-    routes = " ".join(e.command for e in EXAMPLES)
-    for route in ("/rerank", "/v1/rerank", "/v2/rerank", "/api/v1/rerank", "/v1/models"):
-        assert f"localhost:8000{route}" in routes
-    assert sum(e.reply is not None for e in EXAMPLES) >= 5
+    readme = examples(README)
+    routes = " ".join(e.command for e in readme)
+    for route in ("/rerank", "/v1/rerank", "/v2/rerank", "/api/v1/rerank", "/v1/ranking", "/v1/reranking",
+                  "/infinity/rerank"):
+        assert f"localhost:8000{route} " in routes, route
+    assert sum(e.reply is not None for e in readme) >= 5
+    # the reference pages run their examples too (docs/models.md: several models, multimodal)
+    assert "localhost:8000/v1/models" in " ".join(e.command for e in EXAMPLES)
 
 
 @pytest.fixture(scope="module")

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # network, auth, missing repo: one line, not a traceback
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if isinstance(exc, HubUnreachable):
-            reason += "; on a closed network, copy a model folder in and set RERANKER_MODEL_PATH (see README, Offline use)"
+            reason += "; on a closed network, copy a model folder in and set RERANKER_MODEL_PATH (see docs/operations.md, Offline use)"
         print(f"download_model: cannot download {model}: {type(exc).__name__}: {reason}", file=sys.stderr)
         return 1
     try:
