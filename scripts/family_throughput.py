@@ -71,6 +71,8 @@ def naive_nemotron(folder: Path, requests: list[tuple[str, list[str]]], max_leng
         layer.self_attn.is_causal = False
     score = weights["score.weight"]
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    if tokenizer.pad_token is None:  # Llama 3 has none; padded positions are masked out anyway
+        tokenizer.pad_token = tokenizer.eos_token
     pairs, started = 0, time.perf_counter()
     with torch.inference_mode():
         for query, docs in requests:
