@@ -278,8 +278,10 @@ def test_detection_refuses_what_it_cannot_score_and_the_override_wins():
         detect_family(llama)
     assert "RERANKER_MODEL_TYPE=llm" not in str(refused.value)
     assert detect_family(llama, "llm").name == "llm"
-    with pytest.raises(ModelLoadError, match=r"architectures=\['BertModel'\], model_type='bert'"):
-        detect_family({"architectures": ["BertModel"], "model_type": "bert"})
+    # (A bare BertModel is now a candidate modular CrossEncoder: refused at load without modules.json,
+    # tests/test_nemotron_st.py.)
+    with pytest.raises(ModelLoadError, match=r"architectures=\['GPT2LMHeadModel'\], model_type='gpt2'"):
+        detect_family({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"})
 
 
 def test_remote_code_needs_consent(models):
@@ -325,7 +327,7 @@ def test_one_family_record_answers_every_question():
     for record in FAMILIES.values():
         assert callable(LOADERS[record.name]), record.name
     assert [f.name for f in FAMILIES.values() if f.remote_code] == []  # layer-wise ones run natively
-    assert [f.name for f in FAMILIES.values() if not f.decoder] == ["encoder"]
-    assert [f.name for f in FAMILIES.values() if f.openvino] == ["encoder"]
+    assert [f.name for f in FAMILIES.values() if not f.decoder] == ["encoder", "st-crossencoder"]
+    assert [f.name for f in FAMILIES.values() if f.openvino] == ["nemotron-rerank", "encoder", "st-crossencoder"]
     assert [f.name for f in FAMILIES.values() if f.unpadded] == ["encoder", "qwen3", "llm", "mxbai-rerank-v2"]
     assert [f.name for f in FAMILIES.values() if f.shares_prefix] == ["qwen3", "llm", "mxbai-rerank-v2"]

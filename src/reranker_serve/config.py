@@ -99,7 +99,7 @@ class ModelOptions(BaseModel):
     model_type: Annotated[ModelType, _Choice] = Field(
         "auto", description=(
             "model family: auto (from the model's config), encoder, qwen3, qwen3-seq-cls, llm, layerwise, "
-            "lightweight, mxbai-rerank-v2"
+            "lightweight, mxbai-rerank-v2, nemotron-rerank, st-crossencoder"
         )
     )
     backend: Annotated[Backend, _Choice] = Field(

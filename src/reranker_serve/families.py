@@ -11,6 +11,9 @@
     jina-m0        jina-reranker-m0 (images and text)           JinaVLForRanking (native: its own code is not run)
     layerwise      bge-reranker-v2-minicpm-layerwise            LayerWiseMiniCPMForCausalLM (native, or its own code)
     lightweight    bge-reranker-v2.5-gemma2-lightweight         CostWiseGemmaForCausalLM (native, or its own code)
+    nemotron-rerank  llama-nemotron-rerank-1b-v2 (and 500m)     LlamaBidirectionalForSequenceClassification (native)
+    st-crossencoder  modular sentence-transformers CrossEncoder  a bare *Model (ModernBertModel, ...) + modules.json
+                   (ettin-reranker)
 
 The loader (device placement, precision, detection, settings, /info) asks the record; a new
 family is one entry here and its loader in ``models/loader.py``'s ``LOADERS`` (a function
@@ -63,6 +66,12 @@ def _causal(architectures: list[str]) -> bool:
     return any(a.endswith("ForCausalLM") for a in architectures)
 
 
+def _bare_encoder(architectures: list[str]) -> bool:
+    # ModernBertModel, BertModel: no head of its own (GPT2LMHeadModel has one: it is a language model).
+    return bool(architectures) and all(a.endswith("Model") and "Head" not in a and not a.endswith("PreTrainedModel")
+                                       for a in architectures)
+
+
 # In detection order: the first that matches wins (the remote-code architectures end in
 # ForCausalLM too, so they come first).
 FAMILIES: dict[str, Family] = {f.name: f for f in (
@@ -71,6 +80,10 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family(name="lightweight", description="bge-reranker-v2.5-gemma2-lightweight", decoder=True, native=True,
            compresses=True,
            detect=lambda archs, mt: "CostWiseGemmaForCausalLM" in archs or mt == "cost_wise_gemma"),
+    # Before "encoder": its architecture ends in ForSequenceClassification too.
+    Family(name="nemotron-rerank", description="llama-nemotron-rerank-1b-v2 (bidirectional Llama, mean-pooled)",
+           decoder=True, native=True, openvino=True,
+           detect=lambda archs, mt: "LlamaBidirectionalForSequenceClassification" in archs or mt == "llama_bidirec"),
     Family(name="qwen3-seq-cls", description="Qwen3-Reranker converted to a sequence classifier", decoder=True,
            detect=lambda archs, mt: _classifier(archs) and mt.startswith("qwen3")),
     Family(name="encoder", description="cross-encoder (bge-reranker-v2-m3/-large/-base, any sequence classifier)",
@@ -93,6 +106,11 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            decoder=True, shares_prefix=True, unpadded=True,
            detect=lambda archs, mt: "Qwen2ForCausalLM" in archs, named=("mxbai-rerank",),
            declared_by="mixedbread's mxbai-rerank-base-v2 / -large-v2 (RERANKER_MODEL_TYPE=mxbai-rerank-v2)"),
+    # A bare encoder (no head in config.json): the head is the sentence-transformers modules that
+    # modules.json lists (models/st_modular.py checks it is a CrossEncoder before loading).
+    Family(name="st-crossencoder", description="modular sentence-transformers CrossEncoder (ettin-reranker)",
+           decoder=False, openvino=True,
+           detect=lambda archs, mt: _bare_encoder(archs)),
 )}
 FAMILY_NAMES: tuple[str, ...] = tuple(FAMILIES)
 
@@ -134,5 +152,6 @@ def detect(config: dict[str, Any], requested: str = "auto", *, source: str = "")
         f"not a supported reranker: architectures={architectures or 'none'}, model_type={model_type!r}; "
         "supported: *ForSequenceClassification cross-encoders, Qwen3-Reranker, bge-reranker-v2-gemma, "
         "mxbai-rerank-v2, bge-reranker-v2-minicpm-layerwise, bge-reranker-v2.5-gemma2-lightweight, "
-        "Qwen3-VL-Reranker, jina-reranker-m0"
+        "Qwen3-VL-Reranker, jina-reranker-m0, llama-nemotron-rerank, modular sentence-transformers CrossEncoders "
+        "(a bare encoder with modules.json)"
     )

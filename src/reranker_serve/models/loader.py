@@ -26,7 +26,9 @@ from .base import ScoringModel
 from .causal import flag_llm_prompt, load_causal_lm, mxbai_v2_prompt, qwen3_prompt
 from .encoder import load_sequence_classifier, pair_template, qwen3_classifier_template
 from .layerwise import load_layerwise
+from .nemotron import load_nemotron
 from .openvino import openvino_available
+from .st_modular import load_st_modular
 from .vision import JINA_M0, QWEN3_VL, load_vision_reranker
 
 __all__ = ["LOADERS", "detect_family", "load_model"]
@@ -45,6 +47,8 @@ LOADERS: dict[str, Callable[..., ScoringModel]] = {
     "mxbai-rerank-v2": partial(load_causal_lm, prompt=mxbai_v2_prompt),
     "qwen3-vl": partial(load_vision_reranker, recipe=QWEN3_VL),
     "jina-m0": partial(load_vision_reranker, recipe=JINA_M0),
+    "nemotron-rerank": load_nemotron,
+    "st-crossencoder": load_st_modular,
 }
 
 
